@@ -1,0 +1,166 @@
+# tokmon — one plain GNU Makefile.
+#
+#   make              build every binary into build/bin
+#   make test         sanitizer build (ASan+UBSan), unit tests, integration
+#                     tests, a short run of every fuzzer
+#   make run          the whole pipeline on this machine (DEMO=1 adds traffic)
+#   make fuzz         every fuzzer for FUZZ_SECONDS each (default 300)
+#   make bench        every benchmark; make bench-ingest for the collector's
+#   make deps         install missing Debian packages (run by the others)
+#
+# One unit test alone: make unit T=common/cfg_test [ARGS=test_name]
+
+VERSION   := 0.1.0
+BUILD     ?= build
+CC        ?= cc
+PKGS      := libzmq msgpack libsodium inih jansson
+SHELL     := /bin/bash
+
+WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
+             -Wpointer-arith -Wcast-qual -Wformat=2
+CFLAGS    ?= -O2 -g
+ifeq ($(WERROR),1)
+WARN      += -Werror
+endif
+ifeq ($(SAN),1)
+SANFLAGS  := -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS    := -O1 -g
+endif
+ifeq ($(FUZZ),1)
+SANFLAGS  := -fsanitize=fuzzer-no-link,address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=all
+CFLAGS    := -O1 -g
+CC        := clang
+endif
+
+PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
+CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Itools
+ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
+LDLIBS     = $(PKG_LIBS) -lm
+
+# ---- sources ---------------------------------------------------------------
+
+COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c \
+              common/sdnotify.c common/addr.c common/cfg.c common/dec.c \
+              common/json.c common/mpr.c common/msg.c common/bus.c \
+              common/stats.c common/prices.c common/auth.c
+# the collector's code, also linked into its tests and fuzzers
+COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
+                collectd/batch.c collectd/net.c
+
+BINS := tokmon-collectd tokmon-emit tokmon-tap tokmonctl
+tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
+tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
+tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
+tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
+
+UNIT_TESTS := common/json_test common/dec_test common/cfg_test common/prices_test \
+              common/msg_test common/mpr_test common/bus_test common/auth_test \
+              common/tmtime_test common/log_test \
+              collectd/statsd_test collectd/event_test collectd/ingest_test
+FUZZERS := fuzz_statsd fuzz_json fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest
+
+# ---- rules -----------------------------------------------------------------
+
+OBJ  = $(BUILD)/obj
+LIB  := $(BUILD)/libtokmon.a
+DEPS_STAMP := build/.deps-ok
+
+obj = $(patsubst %.c,$(OBJ)/%.o,$(1))
+
+.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest run clean check-san
+.DEFAULT_GOAL := all
+
+all: $(addprefix $(BUILD)/bin/,$(BINS))
+
+$(DEPS_STAMP): scripts/deps.sh tests/clients/package-lock.json
+	@mkdir -p $(dir $@)
+	@scripts/deps.sh check >/dev/null 2>&1 || scripts/deps.sh
+	@touch $@
+
+deps:
+	scripts/deps.sh
+	@mkdir -p $(dir $(DEPS_STAMP)) && touch $(DEPS_STAMP)
+
+$(OBJ)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(LIB): $(call obj,$(COMMON_SRC))
+	@rm -f $@
+	ar rcs $@ $^
+
+define BIN_RULE
+$(BUILD)/bin/$(1): $(call obj,$($(1)_SRC)) $(LIB)
+	@mkdir -p $$(dir $$@)
+	$$(CC) $$(ALL_CFLAGS) $$^ $$(LDLIBS) -o $$@
+endef
+$(foreach b,$(BINS),$(eval $(call BIN_RULE,$(b))))
+
+# unit tests link the module under test, the collector's code and libtokmon
+$(BUILD)/test/%: %.c $(call obj,$(COLLECTD_LIB)) $(LIB) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(COLLECTD_LIB)) $(LIB) $(LDLIBS) -lcmocka -o $@
+
+unit-tests: $(addprefix $(BUILD)/test/,$(UNIT_TESTS))
+
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(call obj,$(COLLECTD_LIB)) $(LIB) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fsanitize=fuzzer $< $(call obj,$(COLLECTD_LIB)) $(LIB) $(LDLIBS) -o $@
+
+fuzzers: $(addprefix $(BUILD)/fuzz/,$(FUZZERS))
+
+# ---- test ------------------------------------------------------------------
+
+SAN_BUILD  := build/san
+FUZZ_BUILD := build/fuzz
+export TOKMON_REPO := $(CURDIR)
+
+test: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=1 WERROR=1 all unit-tests
+	$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=1 unit
+	$(MAKE) --no-print-directory BUILD=$(SAN_BUILD) SAN=1 integration
+	$(MAKE) --no-print-directory fuzz-smoke
+
+# runs every unit test (or T=one), each as its own process
+unit:
+	@set -e; fail=0; for t in $(if $(T),$(T),$(UNIT_TESTS)); do \
+	  echo "== $$t"; \
+	  ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1 \
+	    $(BUILD)/test/$$t $(ARGS) || fail=1; \
+	done; exit $$fail
+
+integration:
+	TOKMON_BIN=$(CURDIR)/$(BUILD)/bin /usr/bin/python3 tests/integration/run.py $(ARGS)
+
+FUZZ_SMOKE_SECONDS ?= 5
+fuzz-smoke:
+	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) FUZZ=1 fuzzers
+	scripts/fuzz.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
+
+FUZZ_SECONDS ?= 300
+fuzz: $(DEPS_STAMP)
+	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) FUZZ=1 fuzzers
+	scripts/fuzz.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SECONDS) $(FUZZERS)
+
+# ---- bench and run ---------------------------------------------------------
+
+bench: bench-ingest
+
+bench-ingest: all $(BUILD)/bin/udpblast $(BUILD)/bin/udpcount
+	bench/ingest.sh $(BUILD)/bin
+
+$(BUILD)/bin/udpblast: bench/udpblast.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -lm -o $@
+$(BUILD)/bin/udpcount: bench/udpcount.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< -o $@
+
+run: all
+	scripts/run.sh $(BUILD)/bin
+
+clean:
+	rm -rf build
+
+-include $(shell find $(BUILD) -name '*.d' 2>/dev/null)

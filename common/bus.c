@@ -1,0 +1,341 @@
+#include "bus.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zmq.h>
+
+#include "mbuf.h"
+#include "mpr.h"
+#include "msg.h"
+#include "tmtime.h"
+#include "xalloc.h"
+
+/* ---- publisher ---------------------------------------------------------- */
+
+struct bus_pub {
+    void *sock;
+    char *src;
+    uint64_t seq; /* last sent */
+    bus_pub_opts_t opts;
+    mbuf_t buf;
+};
+
+bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
+                       const bus_pub_opts_t *opts, char *err, size_t errcap)
+{
+    void *s = zmq_socket(zctx, ZMQ_XPUB);
+    if (!s) {
+        snprintf(err, errcap, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    int one = 1, linger = 2000;
+    zmq_setsockopt(s, ZMQ_XPUB_VERBOSE, &one, sizeof one);
+    zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
+    if (opts && opts->sndhwm > 0)
+        zmq_setsockopt(s, ZMQ_SNDHWM, &opts->sndhwm, sizeof opts->sndhwm);
+    if (zmq_bind(s, endpoint) != 0) {
+        snprintf(err, errcap, "cannot bind bus endpoint %s: %s", endpoint,
+                 zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
+    bus_pub_t *p = xcalloc(1, sizeof *p);
+    p->sock = s;
+    p->src = xstrdup(src);
+    if (opts)
+        p->opts = *opts;
+    p->seq = p->opts.next_seq ? p->opts.next_seq - 1 : 0;
+    return p;
+}
+
+void bus_pub_destroy(bus_pub_t **pp)
+{
+    bus_pub_t *p = *pp;
+    if (!p)
+        return;
+    zmq_close(p->sock);
+    free(p->src);
+    mbuf_free(&p->buf);
+    free(p);
+    *pp = NULL;
+}
+
+static void pack_cstr(msgpack_packer *pk, const char *s)
+{
+    size_t n = strlen(s);
+    msgpack_pack_str(pk, n);
+    msgpack_pack_str_body(pk, s, n);
+}
+
+int bus_pub_send(bus_pub_t *p, const char *topic, const char *kind, const void *head,
+                 size_t headlen, const void *tail, size_t taillen)
+{
+    msgpack_packer pk;
+    mbuf_reset(&p->buf);
+    mbuf_packer(&p->buf, &pk);
+    uint64_t seq = p->seq + 1;
+    msgpack_pack_map(&pk, 6);
+    pack_cstr(&pk, "v");
+    msgpack_pack_uint32(&pk, MSG_VERSION);
+    pack_cstr(&pk, "src");
+    pack_cstr(&pk, p->src);
+    pack_cstr(&pk, "seq");
+    msgpack_pack_uint64(&pk, seq);
+    pack_cstr(&pk, "ts");
+    msgpack_pack_int64(&pk, tmtime_now_ns());
+    pack_cstr(&pk, "kind");
+    pack_cstr(&pk, kind);
+    pack_cstr(&pk, "body");
+    mbuf_append(&p->buf, head, headlen);
+    mbuf_append(&p->buf, tail, taillen);
+    if (p->buf.len > BUS_MAX_MSG) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (p->opts.before_send &&
+        p->opts.before_send(p->opts.arg, topic, seq, p->buf.data, p->buf.len) != 0)
+        return -1;
+    p->seq = seq;
+    size_t tl = strlen(topic);
+    if (zmq_send(p->sock, topic, tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_send(p->sock, p->buf.data, p->buf.len, ZMQ_DONTWAIT) < 0) {
+        /* the seq is spent: subscribers see a gap, which replay heals */
+        return -1;
+    }
+    return 0;
+}
+
+uint64_t bus_pub_last_seq(const bus_pub_t *p) { return p->seq; }
+const char *bus_pub_src(const bus_pub_t *p) { return p->src; }
+void *bus_pub_socket(bus_pub_t *p) { return p->sock; }
+
+bool bus_pub_poll_subscribed(bus_pub_t *p, const char *topic)
+{
+    bool hit = false;
+    size_t tl = strlen(topic);
+    for (;;) {
+        char buf[256];
+        int n = zmq_recv(p->sock, buf, sizeof buf, ZMQ_DONTWAIT);
+        if (n < 0)
+            break;
+        if (n > (int)sizeof buf)
+            n = (int)sizeof buf;
+        /* byte 1 = subscribe; the rest is the prefix */
+        if (n >= 1 && buf[0] == 1 && (size_t)(n - 1) <= tl && memcmp(buf + 1, topic, (size_t)n - 1) == 0)
+            hit = true;
+    }
+    return hit;
+}
+
+/* ---- envelope ----------------------------------------------------------- */
+
+static bool key_is(const msgpack_object *k, const char *s)
+{
+    size_t n = strlen(s);
+    return k->type == MSGPACK_OBJECT_STR && k->via.str.size == n &&
+           memcmp(k->via.str.ptr, s, n) == 0;
+}
+
+int bus_envelope_decode(const void *data, size_t len, msgpack_unpacked *up, bus_msg_t *m,
+                        char *err, size_t errcap)
+{
+    if (len > BUS_MAX_MSG || mpr_validate(data, len, BUS_MAX_DEPTH) < 0) {
+        snprintf(err, errcap, "envelope is not one well-formed msgpack value");
+        return -1;
+    }
+    size_t off = 0;
+    if (msgpack_unpack_next(up, data, len, &off) != MSGPACK_UNPACK_SUCCESS) {
+        snprintf(err, errcap, "envelope does not unpack");
+        return -1;
+    }
+    const msgpack_object *o = &up->data;
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, errcap, "envelope is not a map");
+        return -1;
+    }
+    bool have_v = false, have_seq = false, have_ts = false;
+    uint64_t v = 0;
+    m->src = m->kind = SPAN_NULL;
+    m->body = NULL;
+    m->missed = 0;
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key, *val = &o->via.map.ptr[i].val;
+        if (key_is(k, "v") && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER) {
+            v = val->via.u64;
+            have_v = true;
+        } else if (key_is(k, "src") && val->type == MSGPACK_OBJECT_STR && val->via.str.size > 0 &&
+                   val->via.str.size <= 256) {
+            m->src = span_make(val->via.str.ptr, val->via.str.size);
+        } else if (key_is(k, "seq") && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                   val->via.u64 > 0) {
+            m->seq = val->via.u64;
+            have_seq = true;
+        } else if (key_is(k, "ts") && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
+                   val->via.u64 <= (uint64_t)INT64_MAX) {
+            m->ts = (int64_t)val->via.u64;
+            have_ts = true;
+        } else if (key_is(k, "kind") && val->type == MSGPACK_OBJECT_STR && val->via.str.size <= 64) {
+            m->kind = span_make(val->via.str.size ? val->via.str.ptr : "", val->via.str.size);
+        } else if (key_is(k, "body")) {
+            m->body = val;
+        }
+    }
+    if (!have_v || !m->src.p || !have_seq || !have_ts || !m->kind.p || !m->body) {
+        snprintf(err, errcap, "envelope lacks v, src, seq, ts, kind or body");
+        return -1;
+    }
+    if (v != MSG_VERSION) {
+        snprintf(err, errcap, "envelope version %llu is not %d", (unsigned long long)v, MSG_VERSION);
+        errno = EPROTONOSUPPORT;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- subscriber --------------------------------------------------------- */
+
+typedef struct {
+    char *src;
+    uint64_t last;
+} src_pos_t;
+
+#define BUS_MAX_SRCS 4096
+
+struct bus_sub {
+    void *sock;
+    zmq_msg_t topic, env;
+    bool have_msgs;
+    msgpack_unpacked up;
+    src_pos_t *srcs;
+    size_t nsrcs;
+    bus_sub_counters_t c;
+};
+
+bus_sub_t *bus_sub_new(void *zctx, int rcvhwm, char *err, size_t errcap)
+{
+    void *s = zmq_socket(zctx, ZMQ_SUB);
+    if (!s) {
+        snprintf(err, errcap, "zmq_socket: %s", zmq_strerror(zmq_errno()));
+        return NULL;
+    }
+    int64_t maxsz = BUS_MAX_MSG + BUS_MAX_TOPIC;
+    int zero = 0, ivl = 100, ivlmax = 2000;
+    zmq_setsockopt(s, ZMQ_MAXMSGSIZE, &maxsz, sizeof maxsz);
+    zmq_setsockopt(s, ZMQ_LINGER, &zero, sizeof zero);
+    zmq_setsockopt(s, ZMQ_RECONNECT_IVL, &ivl, sizeof ivl);
+    zmq_setsockopt(s, ZMQ_RECONNECT_IVL_MAX, &ivlmax, sizeof ivlmax);
+    if (rcvhwm > 0)
+        zmq_setsockopt(s, ZMQ_RCVHWM, &rcvhwm, sizeof rcvhwm);
+    bus_sub_t *b = xcalloc(1, sizeof *b);
+    b->sock = s;
+    zmq_msg_init(&b->topic);
+    zmq_msg_init(&b->env);
+    msgpack_unpacked_init(&b->up);
+    return b;
+}
+
+void bus_sub_destroy(bus_sub_t **pb)
+{
+    bus_sub_t *b = *pb;
+    if (!b)
+        return;
+    zmq_msg_close(&b->topic);
+    zmq_msg_close(&b->env);
+    msgpack_unpacked_destroy(&b->up);
+    zmq_close(b->sock);
+    for (size_t i = 0; i < b->nsrcs; i++)
+        free(b->srcs[i].src);
+    free(b->srcs);
+    free(b);
+    *pb = NULL;
+}
+
+int bus_sub_connect(bus_sub_t *b, const char *endpoint) { return zmq_connect(b->sock, endpoint); }
+
+int bus_sub_subscribe(bus_sub_t *b, const char *prefix)
+{
+    return zmq_setsockopt(b->sock, ZMQ_SUBSCRIBE, prefix, strlen(prefix));
+}
+
+void *bus_sub_socket(bus_sub_t *b) { return b->sock; }
+const bus_sub_counters_t *bus_sub_counters(const bus_sub_t *b) { return &b->c; }
+
+static void track(bus_sub_t *b, bus_msg_t *m)
+{
+    src_pos_t *pos = NULL;
+    for (size_t i = 0; i < b->nsrcs; i++) {
+        if (span_eq_cstr(m->src, b->srcs[i].src)) {
+            pos = &b->srcs[i];
+            break;
+        }
+    }
+    if (!pos) {
+        if (b->nsrcs >= BUS_MAX_SRCS)
+            return;
+        b->srcs = xreallocarray(b->srcs, b->nsrcs + 1, sizeof *b->srcs);
+        pos = &b->srcs[b->nsrcs++];
+        pos->src = xstrndup(m->src.p, m->src.len);
+        pos->last = m->seq; /* a subscriber joining late has missed nothing it asked for */
+        return;
+    }
+    if (m->seq > pos->last + 1) {
+        m->missed = m->seq - pos->last - 1;
+        b->c.gaps++;
+        b->c.missed += m->missed;
+    } else if (m->seq <= pos->last) {
+        b->c.restarts++;
+    }
+    pos->last = m->seq;
+}
+
+int bus_sub_recv(bus_sub_t *b, bus_msg_t *m, int flags, char *err, size_t errcap)
+{
+    err[0] = '\0';
+    if (zmq_msg_recv(&b->topic, b->sock, flags) < 0)
+        return 0;
+    int more = zmq_msg_more(&b->topic);
+    if (!more) {
+        b->c.malformed++;
+        snprintf(err, errcap, "single-frame message");
+        return -1;
+    }
+    if (zmq_msg_recv(&b->env, b->sock, 0) < 0) {
+        b->c.malformed++;
+        snprintf(err, errcap, "lost second frame");
+        return -1;
+    }
+    /* drain any unexpected further frames */
+    while (zmq_msg_more(&b->env)) {
+        zmq_msg_t extra;
+        zmq_msg_init(&extra);
+        zmq_msg_recv(&extra, b->sock, 0);
+        more = zmq_msg_more(&extra);
+        zmq_msg_close(&extra);
+        if (!more) {
+            b->c.malformed++;
+            snprintf(err, errcap, "more than two frames");
+            return -1;
+        }
+    }
+    size_t tl = zmq_msg_size(&b->topic);
+    if (tl == 0 || tl > BUS_MAX_TOPIC) {
+        b->c.malformed++;
+        snprintf(err, errcap, "topic of %zu bytes", tl);
+        return -1;
+    }
+    errno = 0;
+    if (bus_envelope_decode(zmq_msg_data(&b->env), zmq_msg_size(&b->env), &b->up, m, err,
+                            errcap) < 0) {
+        if (errno == EPROTONOSUPPORT)
+            b->c.newer++;
+        else
+            b->c.malformed++;
+        return -1;
+    }
+    m->topic = span_make(zmq_msg_data(&b->topic), tl);
+    b->c.received++;
+    track(b, m);
+    return 1;
+}

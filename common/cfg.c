@@ -1,0 +1,1162 @@
+#include "cfg.h"
+
+#include <ctype.h>
+#include <errno.h>
+#include <ini.h>
+#include <limits.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "dec.h"
+#include "xalloc.h"
+
+extern char **environ;
+
+typedef enum {
+    T_STR,      /* any text */
+    T_INT,      /* integer within [min, max] */
+    T_BOOL,     /* on/off, true/false, yes/no, 1/0 */
+    T_ENUM,     /* one of choices, stored as its index */
+    T_DURATION, /* number with unit ms/s/m/h/d (bare: seconds), stored as ms */
+    T_SIZE,     /* bytes with K/M/G suffix (powers of 1024) */
+    T_MONEY,    /* dollars, exact to the nano-dollar, stored as int64 nano-dollars */
+    T_DECIMAL,  /* a price rate: exact at 1e-24 USD, kept as text */
+    T_LIST,     /* comma-separated words */
+    T_ENDPOINT, /* a ZeroMQ endpoint: tcp://host:port, ipc://path, inproc://name */
+    T_LISTEN,   /* host:port, [v6]:port, or empty / "off" to disable */
+} type_t;
+
+typedef struct {
+    const char *name;
+    type_t type;
+    size_t off;
+    const char *def;
+    int64_t min, max;
+    const char *const *choices;
+    bool reload; /* may change on SIGHUP */
+} key_t_;
+
+typedef struct section section_t;
+typedef int (*validate_fn)(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap);
+
+struct section {
+    const char *name;
+    bool pattern; /* "name.*" sections, each an element of an array in cfg_t */
+    size_t size;
+    size_t off;       /* static: the struct in cfg_t; pattern: the array pointer */
+    size_t count_off; /* pattern: the count in cfg_t */
+    const key_t_ *keys;
+    validate_fn validate;
+    bool optional_name_default; /* pattern sections whose NAME is "default" allowed */
+};
+
+typedef struct cfg_origin {
+    char *section;
+    char *key;
+    char *where;
+} origin_t;
+
+static const char *const log_formats[] = { "kv", "json", NULL };
+static const char *const log_levels[] = { "error", "warn", "info", "debug", NULL };
+static const char *const auth_modes[] = { "off", "optional", "required", NULL };
+static const char *const gauge_signs[] = { "auto", "delta", "absolute", NULL };
+static const char *const periods[] = { "day", "week", "month", NULL };
+static const char *const notify_types[] = { "webhook", "slack", "telegram", "email",
+                                            "alertmanager", NULL };
+
+#define K(st, f) offsetof(st, f)
+#define END { NULL, 0, 0, NULL, 0, 0, NULL, false }
+
+static const key_t_ global_keys[] = {
+    { "instance", T_STR, K(cfg_global_t, instance), "local", 0, 0, NULL, false },
+    { "state_dir", T_STR, K(cfg_global_t, state_dir), "/var/lib/tokmon", 0, 0, NULL, false },
+    { "timezone", T_STR, K(cfg_global_t, timezone), "UTC", 0, 0, NULL, false },
+    { "log_format", T_ENUM, K(cfg_global_t, log_format), "kv", 0, 0, log_formats, true },
+    { "log_level", T_ENUM, K(cfg_global_t, log_level), "info", 0, 0, log_levels, true },
+    { "stats_interval", T_DURATION, K(cfg_global_t, stats_interval), "5s", 100, 3600000, NULL, true },
+    END,
+};
+
+static const key_t_ bus_keys[] = {
+    { "collectd", T_ENDPOINT, K(cfg_bus_t, collectd), "tcp://127.0.0.1:7701", 0, 0, NULL, false },
+    { "aggregator", T_ENDPOINT, K(cfg_bus_t, aggregator), "tcp://127.0.0.1:7702", 0, 0, NULL, false },
+    { "alerter", T_ENDPOINT, K(cfg_bus_t, alerter), "tcp://127.0.0.1:7703", 0, 0, NULL, false },
+    { "collectd_replay", T_ENDPOINT, K(cfg_bus_t, collectd_replay), "", 0, 0, NULL, false },
+    { "aggregator_replay", T_ENDPOINT, K(cfg_bus_t, aggregator_replay), "", 0, 0, NULL, false },
+    { "alerter_replay", T_ENDPOINT, K(cfg_bus_t, alerter_replay), "", 0, 0, NULL, false },
+    { "curve", T_BOOL, K(cfg_bus_t, curve), "off", 0, 0, NULL, false },
+    { "sndhwm", T_INT, K(cfg_bus_t, sndhwm), "100000", 0, INT_MAX, NULL, false },
+    { "rcvhwm", T_INT, K(cfg_bus_t, rcvhwm), "100000", 0, INT_MAX, NULL, false },
+    END,
+};
+
+static const key_t_ collectd_keys[] = {
+    { "udp", T_LISTEN, K(cfg_collectd_t, udp), "127.0.0.1:8125", 0, 0, NULL, false },
+    { "tcp", T_LISTEN, K(cfg_collectd_t, tcp), "127.0.0.1:8125", 0, 0, NULL, false },
+    { "unix", T_STR, K(cfg_collectd_t, unix_path), "", 0, 0, NULL, false },
+    { "src", T_STR, K(cfg_collectd_t, src), "", 0, 0, NULL, false },
+    { "prices", T_STR, K(cfg_collectd_t, prices), "/usr/share/tokmon/model_prices.json", 0, 0, NULL, true },
+    { "auth", T_ENUM, K(cfg_collectd_t, auth), "off", 0, 0, auth_modes, true },
+    { "auth_keys", T_STR, K(cfg_collectd_t, auth_keys), "", 0, 0, NULL, true },
+    { "auth_skew", T_DURATION, K(cfg_collectd_t, auth_skew), "30s", 1, 86400000, NULL, true },
+    { "replay_guard", T_INT, K(cfg_collectd_t, replay_guard), "1000000", 1000, 100000000, NULL, false },
+    { "rcvbuf", T_SIZE, K(cfg_collectd_t, rcvbuf), "32M", 4096, INT_MAX, NULL, false },
+    { "batch_max", T_INT, K(cfg_collectd_t, batch_max), "256", 1, 65536, NULL, true },
+    { "flush_interval", T_DURATION, K(cfg_collectd_t, flush_interval), "2ms", 1, 1000, NULL, true },
+    { "max_line", T_SIZE, K(cfg_collectd_t, max_line), "64K", 256, 16777216, NULL, false },
+    { "tcp_max_clients", T_INT, K(cfg_collectd_t, tcp_max_clients), "1024", 1, 1000000, NULL, false },
+    { "tcp_idle_timeout", T_DURATION, K(cfg_collectd_t, tcp_idle_timeout), "5m", 1000, 86400000, NULL, true },
+    { "tcp_block_timeout", T_DURATION, K(cfg_collectd_t, tcp_block_timeout), "50ms", 1, 60000, NULL, true },
+    { "gauge_sign", T_ENUM, K(cfg_collectd_t, gauge_sign), "auto", 0, 0, gauge_signs, true },
+    { "provider_aliases", T_LIST, K(cfg_collectd_t, provider_aliases), "", 0, 0, NULL, true },
+    { "max_tags", T_INT, K(cfg_collectd_t, max_tags), "16", 0, 32, NULL, true },
+    { "max_tag_len", T_INT, K(cfg_collectd_t, max_tag_len), "128", 1, 1024, NULL, true },
+    { "log_reject_every", T_INT, K(cfg_collectd_t, log_reject_every), "100", 1, 1000000000, NULL, true },
+    END,
+};
+
+static const key_t_ aggregator_keys[] = {
+    { "query", T_ENDPOINT, K(cfg_aggregator_t, query), "tcp://127.0.0.1:7720", 0, 0, NULL, false },
+    END,
+};
+
+static const key_t_ quota_keys[] = {
+    { "daily_tokens", T_INT, K(cfg_quota_t, daily_tokens), "100000", 0, INT64_MAX, NULL, true },
+    { "monthly_tokens", T_INT, K(cfg_quota_t, monthly_tokens), "2000000", 0, INT64_MAX, NULL, true },
+    END,
+};
+
+static const key_t_ budget_keys[] = {
+    { "scope", T_STR, K(cfg_budget_t, scope), "global", 0, 0, NULL, true },
+    { "period", T_ENUM, K(cfg_budget_t, period), "day", 0, 0, periods, true },
+    { "limit_usd", T_MONEY, K(cfg_budget_t, limit_nusd), "", 0, 0, NULL, true },
+    { "warn_pct", T_INT, K(cfg_budget_t, warn_pct), "80", 1, 100, NULL, true },
+    END,
+};
+
+static const key_t_ pgwriter_keys[] = {
+    { "database", T_STR, K(cfg_pgwriter_t, database), "", 0, 0, NULL, false },
+    END,
+};
+
+static const key_t_ exporter_keys[] = {
+    { "http", T_LISTEN, K(cfg_exporter_t, http), "127.0.0.1:9464", 0, 0, NULL, false },
+    { "api_key_file", T_STR, K(cfg_exporter_t, api_key_file), "", 0, 0, NULL, true },
+    END,
+};
+
+static const key_t_ alerter_keys[] = {
+    { "high_cost_call_usd", T_MONEY, K(cfg_alerter_t, high_cost_call_nusd), "0.50", 0, 0, NULL, true },
+    END,
+};
+
+static const key_t_ notify_keys[] = {
+    { "type", T_ENUM, K(cfg_notify_t, type), "webhook", 0, 0, notify_types, true },
+    { "url", T_STR, K(cfg_notify_t, url), "", 0, 0, NULL, true },
+    END,
+};
+
+#define PRICE_KEY(e, n) { n, T_DECIMAL, K(cfg_price_t, rate[PRICE_F_##e]), NULL, 0, 0, NULL, true },
+static const key_t_ price_keys[] = {
+    { "litellm_provider", T_STR, K(cfg_price_t, litellm_provider), NULL, 0, 0, NULL, true },
+    PRICE_FIELDS(PRICE_KEY) END,
+};
+#undef PRICE_KEY
+
+static int validate_global(cfg_t *, void *, const char *, char *, size_t);
+static int validate_bus(cfg_t *, void *, const char *, char *, size_t);
+static int validate_collectd(cfg_t *, void *, const char *, char *, size_t);
+static int validate_budget(cfg_t *, void *, const char *, char *, size_t);
+static int validate_notify(cfg_t *, void *, const char *, char *, size_t);
+static int validate_price(cfg_t *, void *, const char *, char *, size_t);
+
+#define STATIC_SECTION(nm, st, field, keys, v) \
+    { nm, false, sizeof(st), offsetof(cfg_t, field), 0, keys, v, false }
+#define PATTERN_SECTION(nm, st, arr, cnt, keys, v) \
+    { nm, true, sizeof(st), offsetof(cfg_t, arr), offsetof(cfg_t, cnt), keys, v, false }
+
+static const section_t sections[] = {
+    STATIC_SECTION("global", cfg_global_t, global, global_keys, validate_global),
+    STATIC_SECTION("bus", cfg_bus_t, bus, bus_keys, validate_bus),
+    STATIC_SECTION("collectd", cfg_collectd_t, collectd, collectd_keys, validate_collectd),
+    STATIC_SECTION("aggregator", cfg_aggregator_t, aggregator, aggregator_keys, NULL),
+    STATIC_SECTION("quota", cfg_quota_t, quota, quota_keys, NULL),
+    STATIC_SECTION("pgwriter", cfg_pgwriter_t, pgwriter, pgwriter_keys, NULL),
+    STATIC_SECTION("exporter", cfg_exporter_t, exporter, exporter_keys, NULL),
+    STATIC_SECTION("alerter", cfg_alerter_t, alerter, alerter_keys, NULL),
+    PATTERN_SECTION("budget", cfg_budget_t, budgets, nbudgets, budget_keys, validate_budget),
+    PATTERN_SECTION("notify", cfg_notify_t, notifies, nnotifies, notify_keys, validate_notify),
+    PATTERN_SECTION("price", cfg_price_t, prices, nprices, price_keys, validate_price),
+};
+#define NSECTIONS (sizeof sections / sizeof sections[0])
+
+/* ---- raw parse ---------------------------------------------------------- */
+
+typedef struct {
+    char *section;
+    char *key;
+    char *value;
+    int line;
+    bool used;
+} entry_t;
+
+typedef struct {
+    char *name;
+    int line;
+} sect_seen_t;
+
+typedef struct {
+    const char *name; /* file name for messages */
+    const char *text;
+    size_t len, pos;
+    int line;
+    entry_t *entries;
+    size_t nentries;
+    sect_seen_t *sects;
+    size_t nsects;
+    char *err;
+    size_t errcap, errlen;
+    int nerr;
+} parse_t;
+
+static void add_err(parse_t *ps, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_err(parse_t *ps, const char *fmt, ...)
+{
+    ps->nerr++;
+    if (!ps->err || ps->errlen + 1 >= ps->errcap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(ps->err + ps->errlen, ps->errcap - ps->errlen, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    ps->errlen += (size_t)n;
+    if (ps->errlen >= ps->errcap - 1) {
+        ps->errlen = ps->errcap - 1;
+        return;
+    }
+    ps->err[ps->errlen++] = '\n';
+    ps->err[ps->errlen] = '\0';
+}
+
+static char *trim(char *s)
+{
+    while (isspace((unsigned char)*s))
+        s++;
+    size_t n = strlen(s);
+    while (n && isspace((unsigned char)s[n - 1]))
+        s[--n] = '\0';
+    return s;
+}
+
+/* inih reads the text through this, so each handler call knows its line. */
+static char *reader(char *str, int num, void *stream)
+{
+    parse_t *ps = stream;
+    if (ps->pos >= ps->len)
+        return NULL;
+    size_t i = 0;
+    ps->line++;
+    const char *start = ps->text + ps->pos;
+    while (ps->pos < ps->len && i < (size_t)num - 1) {
+        char c = ps->text[ps->pos++];
+        if (c == '\0') {
+            add_err(ps, "%s:%d: NUL byte in file", ps->name, ps->line);
+            c = ' ';
+        }
+        str[i++] = c;
+        if (c == '\n')
+            break;
+    }
+    str[i] = '\0';
+    if (i == (size_t)num - 1 && str[i - 1] != '\n' && ps->pos < ps->len) {
+        add_err(ps, "%s:%d: line longer than %d bytes", ps->name, ps->line, num - 2);
+        while (ps->pos < ps->len && ps->text[ps->pos++] != '\n') {
+        }
+        str[0] = '\0';
+        return str;
+    }
+    /* note section headers ourselves: inih does not report empty sections */
+    char tmp[256];
+    size_t n = (size_t)(ps->text + ps->pos - start);
+    if (n < sizeof tmp) {
+        memcpy(tmp, start, n);
+        tmp[n] = '\0';
+        char *t = trim(tmp);
+        if (t[0] == '[') {
+            char *rb = strchr(t, ']');
+            if (rb) {
+                *rb = '\0';
+                ps->sects = xreallocarray(ps->sects, ps->nsects + 1, sizeof *ps->sects);
+                ps->sects[ps->nsects++] = (sect_seen_t){ xstrdup(trim(t + 1)), ps->line };
+            }
+        }
+    }
+    return str;
+}
+
+static int handler(void *user, const char *section, const char *name, const char *value)
+{
+    parse_t *ps = user;
+    if (!section[0]) {
+        add_err(ps, "%s:%d: key '%s' outside of any [section]", ps->name, ps->line, name);
+        return 1;
+    }
+    for (size_t i = 0; i < ps->nentries; i++) {
+        entry_t *e = &ps->entries[i];
+        if (!strcmp(e->section, section) && !strcmp(e->key, name)) {
+            add_err(ps, "%s:%d: [%s] %s: set twice (first at line %d)", ps->name, ps->line,
+                    section, name, e->line);
+            return 1;
+        }
+    }
+    char *v = xstrdup(value);
+    size_t vl = strlen(v);
+    if (vl >= 2 && v[0] == '"' && v[vl - 1] == '"') { /* "quoted" keeps spaces and ';' */
+        memmove(v, v + 1, vl - 2);
+        v[vl - 2] = '\0';
+    }
+    ps->entries = xreallocarray(ps->entries, ps->nentries + 1, sizeof *ps->entries);
+    ps->entries[ps->nentries++] =
+        (entry_t){ xstrdup(section), xstrdup(name), v, ps->line, false };
+    return 1;
+}
+
+/* ---- typed values ------------------------------------------------------- */
+
+static int parse_int(const char *v, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    long long x = strtoll(v, &end, 10);
+    if (!*v || *end || errno || isspace((unsigned char)*v))
+        return -1;
+    *out = x;
+    return 0;
+}
+
+static int parse_scaled(const char *v, const char *const *units, const int64_t *mult,
+                        int64_t bare, int64_t *out)
+{
+    char *end;
+    errno = 0;
+    if (!isdigit((unsigned char)*v))
+        return -1;
+    unsigned long long x = strtoull(v, &end, 10);
+    if (errno)
+        return -1;
+    int64_t m = bare;
+    if (*end) {
+        m = 0;
+        for (size_t i = 0; units[i]; i++)
+            if (!strcasecmp(end, units[i]))
+                m = mult[i];
+        if (!m)
+            return -1;
+    }
+    if (x > (unsigned long long)(INT64_MAX / m))
+        return -1;
+    *out = (int64_t)x * m;
+    return 0;
+}
+
+static bool endpoint_ok(const char *v)
+{
+    if (!strncmp(v, "tcp://", 6)) {
+        const char *hp = v + 6;
+        const char *colon = strrchr(hp, ':');
+        if (!colon || colon == hp || !colon[1])
+            return false;
+        for (const char *p = colon + 1; *p; p++)
+            if (!isdigit((unsigned char)*p) && !(*p == '*' && p == colon + 1 && !p[1]))
+                return false;
+        return true;
+    }
+    if (!strncmp(v, "ipc://", 6) || !strncmp(v, "inproc://", 9))
+        return strchr(v, '/')[2] != '\0';
+    return false;
+}
+
+static bool listen_ok(const char *v)
+{
+    const char *colon = strrchr(v, ':');
+    if (!colon || colon == v || !colon[1])
+        return false;
+    if (v[0] == '[' && colon[-1] != ']')
+        return false;
+    char *end;
+    long p = strtol(colon + 1, &end, 10);
+    return !*end && p >= 0 && p <= 65535;
+}
+
+static int set_value(const key_t_ *k, void *sect, const char *val, char *err, size_t cap)
+{
+    void *f = (char *)sect + k->off;
+    static const char *const dur_units[] = { "ms", "s", "m", "h", "d", NULL };
+    static const int64_t dur_mult[] = { 1, 1000, 60000, 3600000, 86400000 };
+    static const char *const size_units[] = { "b", "k", "kb", "kib", "m", "mb", "mib", "g", "gb", "gib", NULL };
+    static const int64_t size_mult[] = { 1, 1024, 1024, 1024, 1048576, 1048576, 1048576,
+                                         1073741824, 1073741824, 1073741824 };
+    int64_t x;
+    switch (k->type) {
+    case T_STR:
+        free(*(char **)f);
+        *(char **)f = xstrdup(val);
+        return 0;
+    case T_INT:
+        if (parse_int(val, &x) < 0) {
+            snprintf(err, cap, "'%s' is not an integer", val);
+            return -1;
+        }
+        goto range;
+    case T_DURATION:
+        if (parse_scaled(val, dur_units, dur_mult, 1000, &x) < 0) {
+            snprintf(err, cap, "'%s' is not a duration (e.g. 500ms, 5s, 2m, 1h, 1d)", val);
+            return -1;
+        }
+        goto range;
+    case T_SIZE:
+        if (parse_scaled(val, size_units, size_mult, 1, &x) < 0) {
+            snprintf(err, cap, "'%s' is not a size (e.g. 65536, 64K, 32M, 1G)", val);
+            return -1;
+        }
+        goto range;
+    case T_BOOL: {
+        static const char *const yes[] = { "on", "true", "yes", "1" };
+        static const char *const no[] = { "off", "false", "no", "0" };
+        for (int i = 0; i < 4; i++) {
+            if (!strcasecmp(val, yes[i])) {
+                *(bool *)f = true;
+                return 0;
+            }
+            if (!strcasecmp(val, no[i])) {
+                *(bool *)f = false;
+                return 0;
+            }
+        }
+        snprintf(err, cap, "'%s' is not on/off", val);
+        return -1;
+    }
+    case T_ENUM:
+        for (int i = 0; k->choices[i]; i++) {
+            if (!strcmp(val, k->choices[i])) {
+                *(int *)f = i;
+                return 0;
+            }
+        }
+        {
+            size_t o = (size_t)snprintf(err, cap, "'%s' is not one of", val);
+            for (int i = 0; k->choices[i] && o < cap; i++)
+                o += (size_t)snprintf(err + o, cap - o, "%s%s", i ? ", " : " ", k->choices[i]);
+        }
+        return -1;
+    case T_MONEY: {
+        __int128 v;
+        if (!*val) {
+            *(int64_t *)f = -1; /* unset; validate() says whether that is allowed */
+            return 0;
+        }
+        if (dec_parse(val, strlen(val), 9, DEC_EXACT, &v) < 0 || v < 0 || v > INT64_MAX) {
+            snprintf(err, cap, "'%s' is not a non-negative dollar amount exact to the nano-dollar", val);
+            return -1;
+        }
+        *(int64_t *)f = (int64_t)v;
+        return 0;
+    }
+    case T_DECIMAL: {
+        __int128 v;
+        if (dec_parse(val, strlen(val), 24, DEC_EXACT, &v) < 0 || v < 0) {
+            snprintf(err, cap, "'%s' is not a non-negative rate in USD per token exact to 1e-24", val);
+            return -1;
+        }
+        free(*(char **)f);
+        *(char **)f = xstrdup(val);
+        return 0;
+    }
+    case T_LIST: {
+        cfg_list_t *l = f;
+        for (size_t i = 0; i < l->n; i++)
+            free(l->v[i]);
+        free(l->v);
+        *l = (cfg_list_t){ 0 };
+        char *copy = xstrdup(val);
+        char *save = NULL;
+        for (char *tok = strtok_r(copy, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
+            char *t = trim(tok);
+            if (!*t)
+                continue;
+            l->v = xreallocarray(l->v, l->n + 1, sizeof *l->v);
+            l->v[l->n++] = xstrdup(t);
+        }
+        free(copy);
+        return 0;
+    }
+    case T_ENDPOINT:
+        if (*val && !endpoint_ok(val)) {
+            snprintf(err, cap, "'%s' is not a bus endpoint (tcp://host:port, ipc://path)", val);
+            return -1;
+        }
+        free(*(char **)f);
+        *(char **)f = xstrdup(val);
+        return 0;
+    case T_LISTEN:
+        if (!strcmp(val, "off"))
+            val = "";
+        if (*val && !listen_ok(val)) {
+            snprintf(err, cap, "'%s' is not host:port (or off)", val);
+            return -1;
+        }
+        free(*(char **)f);
+        *(char **)f = xstrdup(val);
+        return 0;
+    }
+    snprintf(err, cap, "internal: unknown type");
+    return -1;
+range:
+    if (x < k->min || x > k->max) {
+        snprintf(err, cap, "%s is out of range [%lld, %lld]", val, (long long)k->min,
+                 (long long)k->max);
+        return -1;
+    }
+    *(int64_t *)f = x;
+    return 0;
+}
+
+static void free_value(const key_t_ *k, void *sect)
+{
+    void *f = (char *)sect + k->off;
+    switch (k->type) {
+    case T_STR:
+    case T_DECIMAL:
+    case T_ENDPOINT:
+    case T_LISTEN:
+        free(*(char **)f);
+        *(char **)f = NULL;
+        break;
+    case T_LIST: {
+        cfg_list_t *l = f;
+        for (size_t i = 0; i < l->n; i++)
+            free(l->v[i]);
+        free(l->v);
+        *l = (cfg_list_t){ 0 };
+        break;
+    }
+    default:
+        break;
+    }
+}
+
+static bool value_equal(const key_t_ *k, const void *a, const void *b)
+{
+    const void *fa = (const char *)a + k->off, *fb = (const char *)b + k->off;
+    switch (k->type) {
+    case T_STR:
+    case T_DECIMAL:
+    case T_ENDPOINT:
+    case T_LISTEN: {
+        const char *sa = *(char *const *)fa, *sb = *(char *const *)fb;
+        return (!sa && !sb) || (sa && sb && !strcmp(sa, sb));
+    }
+    case T_LIST: {
+        const cfg_list_t *la = fa, *lb = fb;
+        if (la->n != lb->n)
+            return false;
+        for (size_t i = 0; i < la->n; i++)
+            if (strcmp(la->v[i], lb->v[i]))
+                return false;
+        return true;
+    }
+    case T_BOOL:
+        return *(const bool *)fa == *(const bool *)fb;
+    case T_ENUM:
+        return *(const int *)fa == *(const int *)fb;
+    default:
+        return *(const int64_t *)fa == *(const int64_t *)fb;
+    }
+}
+
+/* ---- environment -------------------------------------------------------- */
+
+static void env_name(const char *section, const char *key, char *out, size_t cap)
+{
+    size_t o = (size_t)snprintf(out, cap, "TOKMON_");
+    for (const char *s = section; *s && o + 1 < cap; s++)
+        out[o++] = isalnum((unsigned char)*s) ? (char)toupper((unsigned char)*s) : '_';
+    if (o + 1 < cap)
+        out[o++] = '_';
+    for (const char *s = key; *s && o + 1 < cap; s++)
+        out[o++] = isalnum((unsigned char)*s) ? (char)toupper((unsigned char)*s) : '_';
+    out[o] = '\0';
+}
+
+static const char *env_get(char *const *envp, const char *name, bool *used, size_t nenv)
+{
+    if (!envp)
+        return NULL;
+    size_t n = strlen(name);
+    for (size_t i = 0; i < nenv; i++) {
+        if (!strncmp(envp[i], name, n) && envp[i][n] == '=') {
+            used[i] = true;
+            return envp[i] + n + 1;
+        }
+    }
+    return NULL;
+}
+
+/* ---- load --------------------------------------------------------------- */
+
+static void add_origin(cfg_t *cfg, const char *section, const char *key, const char *where)
+{
+    cfg->origins = xreallocarray(cfg->origins, cfg->norigins + 1, sizeof *cfg->origins);
+    cfg->origins[cfg->norigins++] = (origin_t){ xstrdup(section), xstrdup(key), xstrdup(where) };
+}
+
+static void add_warning(cfg_t *cfg, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void add_warning(cfg_t *cfg, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    char *s = NULL;
+    if (vasprintf(&s, fmt, ap) < 0)
+        s = NULL;
+    va_end(ap);
+    if (!s)
+        return;
+    cfg->warnings.v = xreallocarray(cfg->warnings.v, cfg->warnings.n + 1, sizeof(char *));
+    cfg->warnings.v[cfg->warnings.n++] = s;
+}
+
+static const section_t *find_section(const char *name, const char **instance)
+{
+    for (size_t i = 0; i < NSECTIONS; i++) {
+        const section_t *s = &sections[i];
+        size_t n = strlen(s->name);
+        if (!s->pattern && !strcmp(name, s->name)) {
+            *instance = NULL;
+            return s;
+        }
+        if (s->pattern && !strncmp(name, s->name, n) && name[n] == '.') {
+            *instance = name + n + 1;
+            return s;
+        }
+    }
+    return NULL;
+}
+
+static int section_line(const parse_t *ps, const char *name)
+{
+    for (size_t i = 0; i < ps->nsects; i++)
+        if (!strcmp(ps->sects[i].name, name))
+            return ps->sects[i].line;
+    return 0;
+}
+
+/* Fills one section instance: defaults, then the file, then the environment. */
+static void fill_section(parse_t *ps, cfg_t *cfg, const section_t *s, void *sect,
+                         const char *full, char *const *envp, bool *envused, size_t nenv)
+{
+    char err[256], where[512], ename[256];
+    for (const key_t_ *k = s->keys; k->name; k++) {
+        if (k->def && set_value(k, sect, k->def, err, sizeof err) < 0)
+            add_err(ps, "internal: default of [%s] %s: %s", full, k->name, err);
+        const char *val = NULL;
+        env_name(full, k->name, ename, sizeof ename);
+        const char *ev = env_get(envp, ename, envused, nenv);
+        int line = 0;
+        for (size_t i = 0; i < ps->nentries; i++) {
+            entry_t *e = &ps->entries[i];
+            if (!strcmp(e->section, full) && !strcmp(e->key, k->name)) {
+                e->used = true;
+                val = e->value;
+                line = e->line;
+            }
+        }
+        if (ev) {
+            val = ev;
+            snprintf(where, sizeof where, "env %s", ename);
+        } else if (val) {
+            snprintf(where, sizeof where, "%s:%d", ps->name, line);
+        } else {
+            continue;
+        }
+        add_origin(cfg, full, k->name, where);
+        if (set_value(k, sect, val, err, sizeof err) < 0)
+            add_err(ps, "%s: [%s] %s: %s", where, full, k->name, err);
+    }
+}
+
+static void free_section(const section_t *s, void *sect)
+{
+    for (const key_t_ *k = s->keys; k->name; k++)
+        free_value(k, sect);
+}
+
+static cfg_t *load(parse_t *ps, char *const *envp)
+{
+    cfg_t *cfg = xcalloc(1, sizeof *cfg);
+    cfg->path = xstrdup(ps->name);
+
+    int rc = ini_parse_stream(reader, ps, handler, ps);
+    if (rc > 0)
+        add_err(ps, "%s:%d: syntax error (expected [section] or key = value)", ps->name, rc);
+    else if (rc < 0)
+        add_err(ps, "%s: cannot parse", ps->name);
+
+    size_t nenv = 0;
+    while (envp && envp[nenv])
+        nenv++;
+    bool *envused = xcalloc(nenv + 1, sizeof *envused);
+
+    /* unknown sections */
+    for (size_t i = 0; i < ps->nsects; i++) {
+        const char *inst;
+        const section_t *s = find_section(ps->sects[i].name, &inst);
+        if (!s)
+            add_err(ps, "%s:%d: unknown section [%s]", ps->name, ps->sects[i].line,
+                    ps->sects[i].name);
+        else if (inst && !*inst)
+            add_err(ps, "%s:%d: section [%s] needs a name after the dot", ps->name,
+                    ps->sects[i].line, ps->sects[i].name);
+        for (size_t j = 0; j < i; j++)
+            if (!strcmp(ps->sects[j].name, ps->sects[i].name))
+                add_err(ps, "%s:%d: section [%s] appears twice (first at line %d)", ps->name,
+                        ps->sects[i].line, ps->sects[i].name, ps->sects[j].line);
+    }
+
+    for (size_t si = 0; si < NSECTIONS; si++) {
+        const section_t *s = &sections[si];
+        if (!s->pattern) {
+            void *sect = (char *)cfg + s->off;
+            fill_section(ps, cfg, s, sect, s->name, envp, envused, nenv);
+            continue;
+        }
+        void **arr = (void **)((char *)cfg + s->off);
+        size_t *cnt = (size_t *)((char *)cfg + s->count_off);
+        for (size_t i = 0; i < ps->nsects; i++) {
+            const char *inst;
+            if (find_section(ps->sects[i].name, &inst) != s || !inst || !*inst)
+                continue;
+            bool dup = false;
+            for (size_t j = 0; j < i; j++)
+                dup |= !strcmp(ps->sects[j].name, ps->sects[i].name);
+            if (dup)
+                continue;
+            *arr = xreallocarray(*arr, *cnt + 1, s->size);
+            void *sect = (char *)*arr + *cnt * s->size;
+            memset(sect, 0, s->size);
+            *(char **)sect = xstrdup(inst); /* every pattern struct starts with its name */
+            (*cnt)++;
+            fill_section(ps, cfg, s, sect, ps->sects[i].name, envp, envused, nenv);
+        }
+    }
+
+    for (size_t i = 0; i < ps->nentries; i++) {
+        const entry_t *e = &ps->entries[i];
+        const char *inst;
+        if (!e->used && find_section(e->section, &inst))
+            add_err(ps, "%s:%d: [%s] unknown key '%s'", ps->name, e->line, e->section, e->key);
+    }
+    for (size_t i = 0; i < nenv; i++) {
+        if (envused[i] || strncmp(envp[i], "TOKMON_", 7))
+            continue;
+        static const char *const known[] = { "TOKMON_CONFIG=", "TOKMON_BIN=", "TOKMON_LOG=" };
+        bool skip = false;
+        for (size_t j = 0; j < sizeof known / sizeof known[0]; j++)
+            skip |= !strncmp(envp[i], known[j], strlen(known[j]));
+        if (!skip) {
+            const char *eq = strchr(envp[i], '=');
+            add_warning(cfg, "environment variable %.*s matches no config key",
+                        eq ? (int)(eq - envp[i]) : (int)strlen(envp[i]), envp[i]);
+        }
+    }
+    free(envused);
+
+    if (ps->nerr == 0) {
+        char err[512];
+        for (size_t si = 0; si < NSECTIONS; si++) {
+            const section_t *s = &sections[si];
+            if (!s->validate)
+                continue;
+            if (!s->pattern) {
+                if (s->validate(cfg, (char *)cfg + s->off, s->name, err, sizeof err) < 0)
+                    add_err(ps, "%s:%d: [%s] %s", ps->name, section_line(ps, s->name), s->name,
+                            err);
+                continue;
+            }
+            void *arr = *(void **)((char *)cfg + s->off);
+            size_t cnt = *(size_t *)((char *)cfg + s->count_off);
+            for (size_t i = 0; i < cnt; i++) {
+                void *sect = (char *)arr + i * s->size;
+                char full[300];
+                snprintf(full, sizeof full, "%s.%s", s->name, *(char **)sect);
+                if (s->validate(cfg, sect, *(char **)sect, err, sizeof err) < 0)
+                    add_err(ps, "%s:%d: [%s] %s", ps->name, section_line(ps, full), full, err);
+            }
+        }
+    }
+
+    if (ps->nerr) {
+        cfg_destroy(&cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void parse_free(parse_t *ps)
+{
+    for (size_t i = 0; i < ps->nentries; i++) {
+        free(ps->entries[i].section);
+        free(ps->entries[i].key);
+        free(ps->entries[i].value);
+    }
+    free(ps->entries);
+    for (size_t i = 0; i < ps->nsects; i++)
+        free(ps->sects[i].name);
+    free(ps->sects);
+}
+
+cfg_t *cfg_load_string(const char *text, size_t len, const char *name, char *const *envp,
+                       char *err, size_t errcap)
+{
+    parse_t ps = { .name = name, .text = text, .len = len, .err = err, .errcap = errcap };
+    if (err && errcap)
+        err[0] = '\0';
+    cfg_t *cfg = load(&ps, envp);
+    parse_free(&ps);
+    if (err && ps.errlen && err[ps.errlen - 1] == '\n')
+        err[ps.errlen - 1] = '\0';
+    return cfg;
+}
+
+cfg_t *cfg_load(const char *path, char *err, size_t errcap)
+{
+    if (!path)
+        path = cfg_default_path();
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        snprintf(err, errcap, "%s: cannot open: %s", path, strerror(errno));
+        return NULL;
+    }
+    char *text = NULL;
+    size_t len = 0, cap = 0;
+    for (;;) {
+        if (len + 4096 > cap) {
+            cap = cap ? cap * 2 : 8192;
+            if (cap > (64u << 20)) {
+                fclose(f);
+                free(text);
+                snprintf(err, errcap, "%s: larger than 64 MiB", path);
+                return NULL;
+            }
+            text = xrealloc(text, cap);
+        }
+        size_t n = fread(text + len, 1, cap - len, f);
+        len += n;
+        if (n == 0)
+            break;
+    }
+    bool rerr = ferror(f);
+    fclose(f);
+    if (rerr) {
+        free(text);
+        snprintf(err, errcap, "%s: read error", path);
+        return NULL;
+    }
+    cfg_t *cfg = cfg_load_string(text, len, path, environ, err, errcap);
+    free(text);
+    return cfg;
+}
+
+void cfg_destroy(cfg_t **pcfg)
+{
+    cfg_t *cfg = *pcfg;
+    if (!cfg)
+        return;
+    for (size_t si = 0; si < NSECTIONS; si++) {
+        const section_t *s = &sections[si];
+        if (!s->pattern) {
+            free_section(s, (char *)cfg + s->off);
+            continue;
+        }
+        void **arr = (void **)((char *)cfg + s->off);
+        size_t cnt = *(size_t *)((char *)cfg + s->count_off);
+        for (size_t i = 0; i < cnt; i++) {
+            void *sect = (char *)*arr + i * s->size;
+            free(*(char **)sect);
+            free_section(s, sect);
+        }
+        free(*arr);
+    }
+    for (size_t i = 0; i < cfg->warnings.n; i++)
+        free(cfg->warnings.v[i]);
+    free(cfg->warnings.v);
+    for (size_t i = 0; i < cfg->norigins; i++) {
+        free(cfg->origins[i].section);
+        free(cfg->origins[i].key);
+        free(cfg->origins[i].where);
+    }
+    free(cfg->origins);
+    free(cfg->path);
+    free(cfg);
+    *pcfg = NULL;
+}
+
+const char *cfg_default_path(void)
+{
+    const char *p = getenv("TOKMON_CONFIG");
+    return p && *p ? p : CFG_DEFAULT_PATH;
+}
+
+const char *cfg_origin(const cfg_t *cfg, const char *section, const char *key, char *out,
+                       size_t cap)
+{
+    for (size_t i = 0; i < cfg->norigins; i++) {
+        if (!strcmp(cfg->origins[i].section, section) && !strcmp(cfg->origins[i].key, key)) {
+            snprintf(out, cap, "%s", cfg->origins[i].where);
+            return out;
+        }
+    }
+    snprintf(out, cap, "default");
+    return out;
+}
+
+size_t cfg_reload_conflicts(const cfg_t *old, const cfg_t *nw,
+                            void (*fn)(const char *section, const char *key, void *arg), void *arg)
+{
+    size_t n = 0;
+    for (size_t si = 0; si < NSECTIONS; si++) {
+        const section_t *s = &sections[si];
+        if (s->pattern)
+            continue; /* named sections are reloadable as a whole */
+        const void *a = (const char *)old + s->off, *b = (const char *)nw + s->off;
+        for (const key_t_ *k = s->keys; k->name; k++) {
+            if (k->reload || value_equal(k, a, b))
+                continue;
+            n++;
+            if (fn)
+                fn(s->name, k->name, arg);
+        }
+    }
+    return n;
+}
+
+static size_t field_size(type_t t)
+{
+    switch (t) {
+    case T_BOOL:
+        return sizeof(bool);
+    case T_ENUM:
+        return sizeof(int);
+    case T_LIST:
+        return sizeof(cfg_list_t);
+    case T_STR:
+    case T_DECIMAL:
+    case T_ENDPOINT:
+    case T_LISTEN:
+        return sizeof(char *);
+    default:
+        return sizeof(int64_t);
+    }
+}
+
+void cfg_keep_restart_keys(cfg_t *nw, cfg_t *old)
+{
+    for (size_t si = 0; si < NSECTIONS; si++) {
+        const section_t *s = &sections[si];
+        if (s->pattern)
+            continue;
+        char *a = (char *)nw + s->off, *b = (char *)old + s->off;
+        for (const key_t_ *k = s->keys; k->name; k++) {
+            if (k->reload)
+                continue;
+            unsigned char tmp[sizeof(cfg_list_t)];
+            size_t n = field_size(k->type);
+            memcpy(tmp, a + k->off, n);
+            memcpy(a + k->off, b + k->off, n);
+            memcpy(b + k->off, tmp, n);
+        }
+    }
+}
+
+char *cfg_format_usd(int64_t nusd, char *out, size_t cap)
+{
+    if (dec_format(nusd, 9, true, out, cap) < 0 && cap)
+        out[0] = '\0';
+    return out;
+}
+
+/* ---- semantic checks ---------------------------------------------------- */
+
+static bool name_ok(const char *s, size_t max)
+{
+    size_t n = strlen(s);
+    if (n == 0 || n > max)
+        return false;
+    for (; *s; s++)
+        if (!isalnum((unsigned char)*s) && !strchr("_.-@", *s))
+            return false;
+    return true;
+}
+
+static int validate_global(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    (void)name;
+    cfg_global_t *g = sect;
+    if (!name_ok(g->instance, 63)) {
+        snprintf(err, cap, "instance '%s': use 1 to 63 of A-Z a-z 0-9 _ . - @", g->instance);
+        return -1;
+    }
+    if (!g->state_dir[0]) {
+        snprintf(err, cap, "state_dir must not be empty");
+        return -1;
+    }
+    if (strcmp(g->timezone, "UTC") != 0) {
+        const char *dir = getenv("TZDIR");
+        char path[512];
+        snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/usr/share/zoneinfo",
+                 g->timezone);
+        if (strstr(g->timezone, "..") || g->timezone[0] == '/' || access(path, R_OK) != 0) {
+            snprintf(err, cap, "timezone '%s' is not a known zone (%s)", g->timezone, path);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+/* Replay endpoints default to the PUB port + 10 (ipc: the path + ".replay"). */
+static int derive_replay(char **replay, const char *pub, char *err, size_t cap)
+{
+    if ((*replay)[0])
+        return 0;
+    free(*replay);
+    if (!strncmp(pub, "tcp://", 6)) {
+        const char *colon = strrchr(pub, ':');
+        char *end;
+        long port = strtol(colon + 1, &end, 10);
+        if (*end || port <= 0 || port + 10 > 65535) {
+            *replay = xstrdup("");
+            snprintf(err, cap, "cannot derive a replay port from '%s'; set it", pub);
+            return -1;
+        }
+        *replay = xasprintf("%.*s:%ld", (int)(colon - pub), pub, port + 10);
+    } else {
+        *replay = xasprintf("%s.replay", pub);
+    }
+    return 0;
+}
+
+static int validate_bus(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    (void)name;
+    cfg_bus_t *b = sect;
+    if (!b->collectd[0] || !b->aggregator[0] || !b->alerter[0]) {
+        snprintf(err, cap, "publisher endpoints must not be empty");
+        return -1;
+    }
+    if (derive_replay(&b->collectd_replay, b->collectd, err, cap) < 0 ||
+        derive_replay(&b->aggregator_replay, b->aggregator, err, cap) < 0 ||
+        derive_replay(&b->alerter_replay, b->alerter, err, cap) < 0)
+        return -1;
+    return 0;
+}
+
+static int validate_collectd(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    (void)name;
+    cfg_collectd_t *c = sect;
+    if (!c->udp[0] && !c->tcp[0] && !c->unix_path[0]) {
+        snprintf(err, cap, "no listener: set udp, tcp or unix");
+        return -1;
+    }
+    if (c->src[0] && !name_ok(c->src, 127)) {
+        snprintf(err, cap, "src '%s': use 1 to 127 of A-Z a-z 0-9 _ . - @", c->src);
+        return -1;
+    }
+    if (!c->src[0]) {
+        char host[256] = "localhost";
+        gethostname(host, sizeof host - 1);
+        host[sizeof host - 1] = '\0';
+        for (char *p = host; *p; p++)
+            if (!isalnum((unsigned char)*p) && !strchr("_.-", *p))
+                *p = '_';
+        free(c->src);
+        c->src = xasprintf("collectd@%s", host);
+    }
+    if (c->auth != CFG_AUTH_OFF && !c->auth_keys[0]) {
+        snprintf(err, cap, "auth = %s needs auth_keys (a file from tokmonctl keygen)",
+                 c->auth == CFG_AUTH_REQUIRED ? "required" : "optional");
+        return -1;
+    }
+    for (size_t i = 0; i < c->provider_aliases.n; i++) {
+        const char *a = c->provider_aliases.v[i];
+        const char *eq = strchr(a, '=');
+        if (!eq || eq == a || !eq[1] || strchr(eq + 1, '=')) {
+            snprintf(err, cap, "provider_aliases entry '%s' is not from=to", a);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static int validate_budget(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    cfg_budget_t *b = sect;
+    static const char *const scopes[] = { "global", "provider", "model", "project",
+                                          "account", "operation", "user", NULL };
+    if (!name_ok(name, 63)) {
+        snprintf(err, cap, "budget name '%s': use 1 to 63 of A-Z a-z 0-9 _ . - @", name);
+        return -1;
+    }
+    if (b->limit_nusd <= 0) {
+        snprintf(err, cap, "limit_usd is required and must be above 0");
+        return -1;
+    }
+    const char *colon = strchr(b->scope, ':');
+    size_t kl = colon ? (size_t)(colon - b->scope) : strlen(b->scope);
+    for (int i = 0; scopes[i]; i++)
+        if (strlen(scopes[i]) == kl && !strncmp(scopes[i], b->scope, kl) &&
+            (!colon || (colon[1] && i > 0)))
+            return 0;
+    snprintf(err, cap,
+             "scope '%s' is not global, or one of provider, model, project, account, operation, "
+             "user (optionally :value)",
+             b->scope);
+    return -1;
+}
+
+static int validate_notify(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    cfg_notify_t *n = sect;
+    if (!name_ok(name, 63)) {
+        snprintf(err, cap, "notifier name '%s': use 1 to 63 of A-Z a-z 0-9 _ . - @", name);
+        return -1;
+    }
+    if (n->type != CFG_NOTIFY_EMAIL && n->type != CFG_NOTIFY_TELEGRAM && !n->url[0]) {
+        snprintf(err, cap, "url is required");
+        return -1;
+    }
+    return 0;
+}
+
+static int validate_price(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    cfg_price_t *p = sect;
+    bool any = false;
+    for (int i = 0; i < PRICE_NFIELDS; i++)
+        any |= p->rate[i] != NULL;
+    if (!any) {
+        snprintf(err, cap, "price '%s' sets no rate", name);
+        return -1;
+    }
+    return 0;
+}

@@ -1,0 +1,179 @@
+/* cfg: the one INI file every stage reads, a section per stage, with each
+ * key overridable from the environment as TOKMON_<SECTION>_<KEY> (upper
+ * case, dots and other punctuation as underscores; the environment wins).
+ * Loading is three steps: defaults from the key tables in cfg.c, parse
+ * (file, then environment), validate; any unknown section or key and any bad
+ * value is an error that names its file:line (or environment variable). The
+ * result is a plain read-only record that a daemon swaps whole on reload. */
+#ifndef TOKMON_CFG_H
+#define TOKMON_CFG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "prices_fields.h"
+
+#define CFG_DEFAULT_PATH "/etc/tokmon/tokmon.ini"
+
+typedef struct {
+    char **v;
+    size_t n;
+} cfg_list_t;
+
+typedef enum { CFG_LOG_KV, CFG_LOG_JSON } cfg_log_format_t;
+typedef enum { CFG_LVL_ERROR, CFG_LVL_WARN, CFG_LVL_INFO, CFG_LVL_DEBUG } cfg_log_level_t;
+typedef enum { CFG_AUTH_OFF, CFG_AUTH_OPTIONAL, CFG_AUTH_REQUIRED } cfg_auth_t;
+typedef enum { CFG_GAUGE_AUTO, CFG_GAUGE_DELTA, CFG_GAUGE_ABSOLUTE } cfg_gauge_sign_t;
+typedef enum { CFG_PERIOD_DAY, CFG_PERIOD_WEEK, CFG_PERIOD_MONTH } cfg_period_t;
+typedef enum {
+    CFG_NOTIFY_WEBHOOK,
+    CFG_NOTIFY_SLACK,
+    CFG_NOTIFY_TELEGRAM,
+    CFG_NOTIFY_EMAIL,
+    CFG_NOTIFY_ALERTMANAGER
+} cfg_notify_type_t;
+
+typedef struct {
+    char *instance;         /* names this deployment */
+    char *state_dir;        /* spools and snapshots */
+    char *timezone;         /* calendar periods */
+    int log_format;         /* cfg_log_format_t */
+    int log_level;          /* cfg_log_level_t */
+    int64_t stats_interval; /* ms between `stats` messages */
+} cfg_global_t;
+
+typedef struct {
+    char *collectd, *aggregator, *alerter;                      /* PUB endpoints */
+    char *collectd_replay, *aggregator_replay, *alerter_replay; /* replay ROUTERs */
+    bool curve;
+    int64_t sndhwm; /* messages a PUB queues per subscriber before dropping */
+    int64_t rcvhwm;
+} cfg_bus_t;
+
+typedef struct {
+    char *udp;  /* "" disables */
+    char *tcp;  /* "" disables */
+    char *unix_path;
+    char *src;  /* bus publisher name; default collectd@<hostname> */
+    char *prices;
+    int auth; /* cfg_auth_t */
+    char *auth_keys;
+    int64_t auth_skew;         /* ms */
+    int64_t replay_guard;      /* signatures remembered against replay */
+    int64_t rcvbuf;            /* bytes */
+    int64_t batch_max;         /* records per bus message */
+    int64_t flush_interval;    /* ms */
+    int64_t max_line;          /* bytes */
+    int64_t tcp_max_clients;
+    int64_t tcp_idle_timeout;  /* ms */
+    int64_t tcp_block_timeout; /* ms an unsigned TCP block waits for its |sig line */
+    int gauge_sign;            /* cfg_gauge_sign_t */
+    cfg_list_t provider_aliases; /* "from=to" */
+    int64_t max_tags;
+    int64_t max_tag_len;
+    int64_t log_reject_every;
+} cfg_collectd_t;
+
+typedef struct {
+    char *query;
+} cfg_aggregator_t;
+
+typedef struct {
+    int64_t daily_tokens;
+    int64_t monthly_tokens;
+} cfg_quota_t;
+
+typedef struct {
+    char *name; /* the part after "budget." */
+    char *scope;
+    int period; /* cfg_period_t */
+    int64_t limit_nusd;
+    int64_t warn_pct;
+} cfg_budget_t;
+
+typedef struct {
+    char *database;
+} cfg_pgwriter_t;
+
+typedef struct {
+    char *http;
+    char *api_key_file;
+} cfg_exporter_t;
+
+typedef struct {
+    int64_t high_cost_call_nusd;
+} cfg_alerter_t;
+
+typedef struct {
+    char *name;
+    int type; /* cfg_notify_type_t */
+    char *url;
+} cfg_notify_t;
+
+/* [price.NAME]: a local price that wins over the table. NAME is a table key
+ * ("openai/gpt-4o", "my-finetune") or "default" (the price of calls the
+ * table cannot price). Rates are kept as their decimal text (already checked
+ * to be exact at 1e-24 USD); NULL when not set. */
+typedef struct {
+    char *name;
+    char *litellm_provider;
+    char *rate[PRICE_NFIELDS];
+} cfg_price_t;
+
+typedef struct cfg {
+    char *path; /* the file loaded */
+    cfg_global_t global;
+    cfg_bus_t bus;
+    cfg_collectd_t collectd;
+    cfg_aggregator_t aggregator;
+    cfg_quota_t quota;
+    cfg_pgwriter_t pgwriter;
+    cfg_exporter_t exporter;
+    cfg_alerter_t alerter;
+    cfg_budget_t *budgets;
+    size_t nbudgets;
+    cfg_notify_t *notifies;
+    size_t nnotifies;
+    cfg_price_t *prices;
+    size_t nprices;
+    cfg_list_t warnings; /* things worth a log line that are not errors */
+    struct cfg_origin *origins; /* where each set value came from */
+    size_t norigins;
+} cfg_t;
+
+/* Loads path (NULL: cfg_default_path()) and the environment. Returns a new
+ * config owned by the caller, or NULL with every problem found, one per line
+ * as "file:line: [section] key: reason", in err (truncated to errcap). */
+cfg_t *cfg_load(const char *path, char *err, size_t errcap);
+
+/* The same from an in-memory INI text; name is used in messages. envp may be
+ * NULL (no environment overrides) or an environ-style array. */
+cfg_t *cfg_load_string(const char *text, size_t len, const char *name, char *const *envp,
+                       char *err, size_t errcap);
+
+void cfg_destroy(cfg_t **cfg);
+
+/* $TOKMON_CONFIG when set, else CFG_DEFAULT_PATH. */
+const char *cfg_default_path(void);
+
+/* Where section/key got its value: "file:line", "env TOKMON_X_Y" or
+ * "default". Returns out. */
+const char *cfg_origin(const cfg_t *cfg, const char *section, const char *key, char *out,
+                       size_t cap);
+
+/* Calls fn for each key that differs between old and new but may not change
+ * on reload (it takes effect on restart). Returns the number of such keys. */
+size_t cfg_reload_conflicts(const cfg_t *old, const cfg_t *nw,
+                            void (*fn)(const char *section, const char *key, void *arg),
+                            void *arg);
+
+/* For a reload: moves the values of keys that may not change on reload from
+ * old into nw (and nw's into old), so the new config keeps what is in force
+ * until a restart. */
+void cfg_keep_restart_keys(cfg_t *nw, cfg_t *old);
+
+/* Money helper: formats nano-dollars as a decimal dollar amount. */
+char *cfg_format_usd(int64_t nusd, char *out, size_t cap);
+
+#endif

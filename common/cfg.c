@@ -213,6 +213,7 @@ typedef struct {
     const char *text;
     size_t len, pos;
     int line;
+    size_t line_start, line_len; /* the current line in text, for quoted values */
     entry_t *entries;
     size_t nentries;
     sect_seen_t *sects;
@@ -261,7 +262,12 @@ static char *reader(char *str, int num, void *stream)
         return NULL;
     size_t i = 0;
     ps->line++;
+    /* leading blanks carry no meaning here: without this inih would take an
+     * indented "key = value" for a continuation of the previous value */
+    while (ps->pos < ps->len && (ps->text[ps->pos] == ' ' || ps->text[ps->pos] == '\t'))
+        ps->pos++;
     const char *start = ps->text + ps->pos;
+    ps->line_start = ps->pos;
     while (ps->pos < ps->len && i < (size_t)num - 1) {
         char c = ps->text[ps->pos++];
         if (c == '\0') {
@@ -273,6 +279,7 @@ static char *reader(char *str, int num, void *stream)
             break;
     }
     str[i] = '\0';
+    ps->line_len = ps->pos - ps->line_start;
     if (i == (size_t)num - 1 && str[i - 1] != '\n' && ps->pos < ps->len) {
         add_err(ps, "%s:%d: line longer than %d bytes", ps->name, ps->line, num - 2);
         while (ps->pos < ps->len && ps->text[ps->pos++] != '\n') {
@@ -314,11 +321,28 @@ static int handler(void *user, const char *section, const char *name, const char
             return 1;
         }
     }
-    char *v = xstrdup(value);
-    size_t vl = strlen(v);
-    if (vl >= 2 && v[0] == '"' && v[vl - 1] == '"') { /* "quoted" keeps spaces and ';' */
-        memmove(v, v + 1, vl - 2);
-        v[vl - 2] = '\0';
+    char *v;
+    if (value[0] == '"') {
+        /* "quoted" keeps spaces and ';': inih has already cut the value at
+         * " ;", so read it again from the raw line, up to the closing quote */
+        const char *l = ps->text + ps->line_start, *le = l + ps->line_len;
+        const char *q = l;
+        while (q < le && *q != '=' && *q != ':')
+            q++;
+        while (q < le && *q != '"')
+            q++;
+        const char *close = q < le ? memchr(q + 1, '"', (size_t)(le - q - 1)) : NULL;
+        const char *after = close ? close + 1 : le;
+        while (after < le && isspace((unsigned char)*after))
+            after++;
+        if (!close || (after < le && *after != ';')) {
+            add_err(ps, "%s:%d: [%s] %s: %s", ps->name, ps->line, section, name,
+                    close ? "text after the closing quote" : "no closing quote");
+            return 1;
+        }
+        v = xstrndup(q + 1, (size_t)(close - q - 1));
+    } else {
+        v = xstrdup(value);
     }
     ps->entries = xreallocarray(ps->entries, ps->nentries + 1, sizeof *ps->entries);
     ps->entries[ps->nentries++] =
@@ -763,7 +787,7 @@ static cfg_t *load(parse_t *ps, char *const *envp)
     for (size_t i = 0; i < nenv; i++) {
         if (envused[i] || strncmp(envp[i], "TOKMON_", 7))
             continue;
-        static const char *const known[] = { "TOKMON_CONFIG=", "TOKMON_BIN=", "TOKMON_LOG=" };
+        static const char *const known[] = { "TOKMON_CONFIG=", "TOKMON_BIN=", "TOKMON_REPO=" };
         bool skip = false;
         for (size_t j = 0; j < sizeof known / sizeof known[0]; j++)
             skip |= !strncmp(envp[i], known[j], strlen(known[j]));

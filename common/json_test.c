@@ -1,7 +1,8 @@
 /* json_test: table-driven tests of common/json, plus a real-data test reading
  * the price table. Usage: json_test [FILTER [PRICES]] where FILTER is a cmocka
- * test-name pattern ("*" for all) and PRICES the price table (else
- * $TOKMON_PRICES, else data/model_prices.json in the repository). */
+ * test-name pattern ("*" or "" for all) and PRICES the price table (else
+ * $TOKMON_PRICES, else $TOKMON_REPO/data/model_prices.json, else
+ * data/model_prices.json relative to the directory the test was built from). */
 #include <errno.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -916,10 +917,16 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_next_skips_subtrees),
         cmocka_unit_test(test_real_price_table),
     };
-    /* default: data/model_prices.json in the repository this file is in */
+    /* default: data/model_prices.json in the repository ($TOKMON_REPO, set by
+     * the Makefile, else where this file was compiled from) */
     static char def[4096];
-    const char *me = __FILE__, *tail = strstr(me, "common/json_test.c");
-    snprintf(def, sizeof def, "%.*sdata/model_prices.json", tail ? (int)(tail - me) : 0, me);
+    const char *repo = getenv("TOKMON_REPO");
+    if (repo && *repo) {
+        snprintf(def, sizeof def, "%s/data/model_prices.json", repo);
+    } else {
+        const char *me = __FILE__, *tail = strstr(me, "common/json_test.c");
+        snprintf(def, sizeof def, "%.*sdata/model_prices.json", tail ? (int)(tail - me) : 0, me);
+    }
     prices_path = def;
     if (getenv("TOKMON_PRICES") && *getenv("TOKMON_PRICES"))
         prices_path = getenv("TOKMON_PRICES");

@@ -179,6 +179,7 @@ static size_t kv_to_json(char *buf, size_t o, const char *kv)
     return o;
 }
 
+__attribute__((format(printf, 3, 0)))
 static void vlog(log_level_t level, const char *msg, const char *kvfmt, va_list ap)
 {
     char line[LOG_LINE_MAX];

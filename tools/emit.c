@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <getopt.h>
 #include <math.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -562,13 +563,14 @@ int main(int argc, char **argv)
         for (int64_t i = 0; count <= 0 || i < count; i++) {
             if ((i & 255) == 0 && sig_next(sigfd) > 0)
                 break;
-            if (interval > 0) { /* pace: sleep while more than a millisecond ahead */
+            if (interval > 0) { /* pace: wait while more than a millisecond ahead */
                 int64_t due = t0 + (int64_t)((double)i * interval);
                 int64_t ahead = due - tmtime_mono_ns();
                 if (ahead > 1000000) {
                     flush_dgram(&s);
-                    struct timespec ts = { ahead / 1000000000, ahead % 1000000000 };
-                    nanosleep(&ts, NULL);
+                    struct pollfd pfd = { .fd = sigfd, .events = POLLIN };
+                    if (poll(&pfd, 1, (int)(ahead / 1000000)) > 0 && sig_next(sigfd) > 0)
+                        break; /* TERM or INT while waiting */
                 }
             }
             wire_event_t de;

@@ -1,0 +1,82 @@
+#!/usr/bin/env bash
+# `make run`: the whole pipeline on this machine, in the foreground, with
+# deploy/local/tokmon.ini (state under ./run/). DEMO=1 adds demo traffic.
+# Ctrl-C or SIGTERM stops every stage it started (by PID) and waits for them.
+# Every stage's environment overrides work: TOKMON_COLLECTD_UDP=127.0.0.1:18125 make run
+set -u
+BIN=${1:-build/bin}
+export TOKMON_CONFIG=${TOKMON_CONFIG:-deploy/local/tokmon.ini}
+CFG=$TOKMON_CONFIG
+mkdir -p run
+
+pids=()
+names=()
+stopping=0
+
+start() { # name command...
+    local name=$1; shift
+    "$@" &
+    pids+=($!)
+    names+=("$name")
+}
+
+stop_all() {
+    stopping=1
+    trap - INT TERM
+    for ((i=${#pids[@]}-1; i>=0; i--)); do
+        kill -TERM "${pids[$i]}" 2>/dev/null
+    done
+    for p in "${pids[@]}"; do
+        wait "$p" 2>/dev/null
+    done
+}
+
+trap 'echo; echo "run: stopping"; stop_all; exit 0' INT TERM
+
+if ! "$BIN/tokmon-collectd" -c "$CFG" -n >/dev/null; then
+    "$BIN/tokmon-collectd" -c "$CFG" -n
+    exit 1
+fi
+
+# stages in pipeline order; later stages add themselves here
+start tokmon-collectd "$BIN/tokmon-collectd" -c "$CFG"
+
+sleep 0.3
+udp=${TOKMON_COLLECTD_UDP:-$(sed -n 's/^udp *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
+if [ "${DEMO:-0}" = 1 ]; then
+    start tokmon-emit "$BIN/tokmon-emit" -c "$CFG" --rate "${DEMO_RATE:-20}" --count 0 --users 200
+fi
+
+cat <<MSG
+
+tokmon is running ($CFG, state in ./run/). Look at:
+  priced records on the bus:   $BIN/tokmon-tap -c $CFG ev. | jq .
+  generic StatsD samples:      $BIN/tokmon-tap -c $CFG metric
+  the collector's counters:    $BIN/tokmonctl -c $CFG stats
+  send one call yourself:      $BIN/tokmon-emit -c $CFG --provider openai --model gpt-4o \\
+                                 --user alice --input-tokens 1200 --cache-read-tokens 1000 --output-tokens 300
+  or plain StatsD:             echo "llm.tokens:450|c|#provider:openai,model:gpt-4o,user:alice,type:input" \\
+                                 | nc -u -w0 ${udp%:*} ${udp##*:}
+$( [ "${DEMO:-0}" = 1 ] && echo "Demo traffic: ${DEMO_RATE:-20} calls a second from 200 users." || echo "Add demo traffic with: DEMO=1 make run" )
+Ctrl-C stops everything.
+
+MSG
+
+# if any stage dies on its own, stop the rest and report it
+while :; do
+    wait -n "${pids[@]}"
+    rc=$?
+    [ $stopping = 1 ] && exit 0
+    for i in "${!pids[@]}"; do
+        if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+            if [ "${names[$i]}" = tokmon-emit ] && [ $rc = 0 ]; then
+                unset 'pids[i]' 'names[i]'
+                continue 2
+            fi
+            echo "run: ${names[$i]} exited with status $rc; stopping the rest" >&2
+            unset 'pids[i]' 'names[i]'
+            stop_all
+            exit 1
+        fi
+    done
+done

@@ -1,0 +1,504 @@
+"""A small harness for tokmon's integration tests.
+
+Starts the real binaries ($TOKMON_BIN, default build/bin) on loopback with a
+generated config on free ports in a temporary directory, reads the bus with
+tokmon-tap and the collector's counters with `tokmonctl stats --json`, and
+stops everything it started by PID when a case ends (also when it fails).
+Python 3 standard library only; the cases add python3-msgpack and
+python3-statsd where they replay those clients.
+"""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.environ.get("TOKMON_BIN") or os.path.join(REPO, "build", "bin")
+PRICES_JSON = os.path.join(REPO, "data", "model_prices.json")
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+# Sanitizer builds (make test) print these on a finding; any is a failure.
+SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
+                   "ERROR: UndefinedBehaviorSanitizer")
+
+
+class CaseFailure(AssertionError):
+    pass
+
+
+def check(cond, msg, *args):
+    if not cond:
+        raise CaseFailure(msg % args if args else msg)
+
+
+def check_eq(got, want, what):
+    if got != want:
+        raise CaseFailure("%s: expected %r, got %r" % (what, want, got))
+
+
+def bin_path(name):
+    return os.path.join(BIN, name)
+
+
+# ---- ports -------------------------------------------------------------------
+
+_handed_out = set()
+
+
+def free_port(udp=True, tcp=True):
+    """A port that is free for TCP and UDP on 127.0.0.1 right now (bound to 0
+    by the kernel), never the same one twice in a run."""
+    for _ in range(200):
+        socks = []
+        try:
+            first = socket.socket(socket.AF_INET, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM)
+            socks.append(first)
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            if tcp and udp:
+                u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(u)
+                u.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise CaseFailure("no free port found")
+
+
+# ---- hashing -----------------------------------------------------------------
+
+def fnv1a64(data):
+    if isinstance(data, str):
+        data = data.encode()
+    h = 0xcbf29ce484222325
+    for b in data:
+        h ^= b
+        h = (h * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
+    return h
+
+
+def shard_topic(user=None, account=None):
+    key = user if user else account if account else ""
+    return "ev.%02x" % (fnv1a64(key) & 0xff)
+
+
+# ---- processes ---------------------------------------------------------------
+
+class Proc:
+    """A started process: its stderr (and stdout unless piped) go to files in
+    the case's directory."""
+
+    def __init__(self, env, name, args, stdout_pipe=False, stdin=None, extra_env=None):
+        self.env = env
+        self.name = name
+        self.args = args
+        self.err_path = env.path(name + ".stderr")
+        self.out_path = env.path(name + ".stdout")
+        self._err = open(self.err_path, "wb")
+        self._out = None if stdout_pipe else open(self.out_path, "wb")
+        e = dict(os.environ)
+        e.setdefault("ASAN_OPTIONS", "detect_leaks=1")
+        e.setdefault("UBSAN_OPTIONS", "print_stacktrace=1")
+        if extra_env:
+            e.update(extra_env)
+        self.p = subprocess.Popen(args, stdout=subprocess.PIPE if stdout_pipe else self._out,
+                                  stderr=self._err, stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                                  env=e, cwd=env.dir)
+        self.pid = self.p.pid
+        env.procs.append(self)
+
+    def alive(self):
+        return self.p.poll() is None
+
+    def stderr(self):
+        if not self._err.closed:
+            self._err.flush()
+        with open(self.err_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def stdout(self):
+        if self._out is None:
+            return ""
+        if not self._out.closed:
+            self._out.flush()
+        with open(self.out_path, "rb") as f:
+            return f.read().decode("utf-8", "replace")
+
+    def signal(self, sig):
+        if self.alive():
+            os.kill(self.pid, sig)
+
+    def wait(self, timeout):
+        try:
+            return self.p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def stop(self, timeout=5.0):
+        """SIGTERM, then SIGKILL after timeout. Returns the exit status."""
+        if self.alive():
+            os.kill(self.pid, signal.SIGTERM)
+            if self.wait(timeout) is None:
+                os.kill(self.pid, signal.SIGKILL)
+                self.p.wait()
+        return self.p.returncode
+
+    def close_files(self):
+        for f in (self._err, self._out):
+            if f:
+                f.close()
+
+
+def run(args, timeout=20, env=None, input=None):
+    """Runs a command to completion: (status, stdout, stderr)."""
+    e = dict(os.environ)
+    if env:
+        e.update(env)
+    p = subprocess.run(args, capture_output=True, timeout=timeout, env=e, input=input)
+    return p.returncode, p.stdout.decode("utf-8", "replace"), p.stderr.decode("utf-8", "replace")
+
+
+class Env:
+    """Everything one case starts: a temporary directory and the processes in
+    it. close() stops the processes by PID and checks their logs for
+    sanitizer reports."""
+
+    def __init__(self, case_name):
+        self.name = case_name
+        self.dir = tempfile.mkdtemp(prefix="tokmon-it-%s-" % case_name)
+        self.procs = []
+        self.collectors = []
+        self.notes = []
+
+    def path(self, name):
+        return os.path.join(self.dir, name)
+
+    def write(self, name, text):
+        p = self.path(name)
+        with open(p, "w") as f:
+            f.write(text)
+        return p
+
+    def spawn(self, name, args, **kw):
+        return Proc(self, name, args, **kw)
+
+    def collector(self, **kw):
+        c = Collector(self, **kw)
+        self.collectors.append(c)
+        return c
+
+    def close(self, failed):
+        problems = []
+        for p in self.procs:
+            if p.alive():
+                try:
+                    p.stop(timeout=5.0)
+                except Exception as e:  # keep stopping the others
+                    problems.append("%s: %s" % (p.name, e))
+        for p in self.procs:
+            p.close_files()
+            try:
+                text = p.stderr()
+            except OSError:
+                text = ""
+            for mark in SANITIZER_MARKS:
+                if mark in text:
+                    i = text.index(mark)
+                    problems.append("%s (pid %d) sanitizer report: %s" %
+                                    (p.name, p.pid, text[max(0, i - 200):i + 600].strip()))
+                    break
+        if not failed and not problems:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+
+# ---- the bus -----------------------------------------------------------------
+
+class Tap:
+    """tokmon-tap --sync -n N -t T -e PREFIX...: started and subscribed when
+    the constructor returns."""
+
+    def __init__(self, env, cfg, prefixes, n, timeout, name="tap", ready_timeout=10.0):
+        self.n = n
+        self.timeout = timeout
+        args = [bin_path("tokmon-tap"), "-c", cfg, "--sync", "-e", "-n", str(n), "-t", str(timeout)]
+        args += list(prefixes)
+        self.proc = env.spawn(name, args, stdout_pipe=True)
+        self.lines = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        deadline = time.monotonic() + ready_timeout
+        while time.monotonic() < deadline:
+            if "tokmon-tap: ready" in self.proc.stderr():
+                return
+            if not self.proc.alive():
+                break
+            time.sleep(0.01)
+        raise CaseFailure("tokmon-tap did not get ready (status %r): %s" %
+                          (self.proc.p.poll(), self.proc.stderr().strip()[-500:]))
+
+    def _read(self):
+        for line in self.proc.p.stdout:
+            self.lines.append(line)
+
+    def wait(self, what="records"):
+        """Waits for the tap to exit (count reached or timeout) and returns the
+        records. Fails when fewer than n arrived."""
+        rc = self.proc.wait(self.timeout + 10)
+        if rc is None:
+            self.proc.stop()
+            raise CaseFailure("tokmon-tap did not exit")
+        self._reader.join(5)
+        recs = self.records()
+        if len(recs) < self.n:
+            raise CaseFailure("expected %d %s on the bus, got %d (tap status %r): %s" %
+                              (self.n, what, len(recs), rc, summarize(recs)))
+        return recs
+
+    def records(self):
+        out = []
+        for line in list(self.lines):
+            line = line.strip()
+            if line:
+                out.append(json.loads(line))
+        return out
+
+
+def summarize(recs, limit=5):
+    parts = []
+    for r in recs[:limit]:
+        if "name" in r:
+            parts.append("%s=%r" % (r.get("name"), r.get("value")))
+        else:
+            parts.append("%s/%s req=%s" % (r.get("provider"), r.get("model"), r.get("request_id")))
+    if len(recs) > limit:
+        parts.append("...")
+    return "[" + ", ".join(parts) + "]"
+
+
+class Stats:
+    """The collector's counters from `tokmonctl stats --json`."""
+
+    def __init__(self, obj):
+        self.obj = obj
+        self.counters = obj.get("counters", [])
+
+    def get(self, name, **labels):
+        for c in self.counters:
+            if c["name"] == name and c.get("labels", {}) == labels:
+                return c["value"]
+        return 0
+
+    def sum(self, name):
+        return sum(c["value"] for c in self.counters if c["name"] == name)
+
+    def by(self, name, label):
+        out = {}
+        for c in self.counters:
+            if c["name"] == name and c["value"]:
+                k = c.get("labels", {}).get(label)
+                out[k] = out.get(k, 0) + c["value"]
+        return out
+
+    def rejected(self):
+        return self.by("ingest_rejected_total", "reason")
+
+    def dropped(self):
+        return self.by("ingest_dropped_total", "kind")
+
+    def invariant(self):
+        """(ok, text) for received = accepted + sum(rejected) + sum(dropped)."""
+        rec = self.get("ingest_received_total")
+        acc = self.get("ingest_accepted_total")
+        rej = self.sum("ingest_rejected_total")
+        drop = self.sum("ingest_dropped_total")
+        ok = rec == acc + rej + drop
+        return ok, ("received %d, accepted %d + rejected %d %s + dropped %d %s = %d" %
+                    (rec, acc, rej, self.rejected(), drop, self.dropped(), acc + rej + drop))
+
+    def brief(self):
+        return self.invariant()[1]
+
+
+# ---- the collector -----------------------------------------------------------
+
+class Collector:
+    """tokmon-collectd with a generated config: UDP and TCP on one free port,
+    a free bus port (and free ports for the other stages' endpoints, which
+    tap and tokmonctl also connect to), optionally a unix socket."""
+
+    def __init__(self, env, name="collectd", collectd=None, sections="", unix=False, start=True,
+                 udp_port=None, prices=PRICES_JSON, global_=None):
+        self.env = env
+        self.name = name
+        self.port = udp_port or free_port()
+        self.bus_port = free_port()
+        self.src = "it-" + name
+        self.unix_path = env.path(name + ".sock") if unix else ""
+        self.cfg_path = env.path(name + ".ini")
+        self.proc = None
+        self.keys = {
+            "udp": "127.0.0.1:%d" % self.port,
+            "tcp": "127.0.0.1:%d" % self.port,
+            "src": self.src,
+            "prices": prices,
+            "flush_interval": "2ms",
+        }
+        if unix:
+            self.keys["unix"] = self.unix_path
+        if collectd:
+            self.keys.update(collectd)
+        self.global_keys = {"instance": "it", "state_dir": env.dir, "log_level": "info",
+                            "stats_interval": "5s"}
+        if global_:
+            self.global_keys.update(global_)
+        self.bus = {
+            "collectd": "tcp://127.0.0.1:%d" % self.bus_port,
+            "collectd_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "aggregator": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "aggregator_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "alerter": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "alerter_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
+        }
+        self.sections = sections
+        self.write_config()
+        if start:
+            self.start()
+
+    def config_text(self, sections=None):
+        out = ["; generated by tests/integration/harness.py", "[global]"]
+        out += ["%s = %s" % kv for kv in self.global_keys.items()]
+        out += ["", "[bus]"]
+        out += ["%s = %s" % kv for kv in self.bus.items()]
+        out += ["", "[collectd]"]
+        out += ["%s = %s" % kv for kv in self.keys.items() if kv[1] is not None]
+        out += ["", self.sections if sections is None else sections, ""]
+        return "\n".join(out)
+
+    def write_config(self, text=None):
+        with open(self.cfg_path, "w") as f:
+            f.write(self.config_text() if text is None else text)
+
+    def start(self, timeout=10.0, args=()):
+        self.proc = self.env.spawn(self.name, [bin_path("tokmon-collectd"), "-c", self.cfg_path] + list(args))
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.proc.stderr()
+            if 'msg="started"' in log or "msg=started" in log:
+                return self
+            if not self.proc.alive():
+                raise CaseFailure("%s exited with status %r at start: %s" %
+                                  (self.name, self.proc.p.returncode, log.strip()[-800:]))
+            time.sleep(0.01)
+        raise CaseFailure("%s did not log 'started' within %.0f s: %s" % (self.name, timeout, self.proc.stderr()[-800:]))
+
+    def log(self):
+        return self.proc.stderr() if self.proc else ""
+
+    def started_field(self, key):
+        """A key=value of the 'started' log line (e.g. price_version)."""
+        for line in self.log().splitlines():
+            if 'msg="started"' in line:
+                for tok in line.split():
+                    if tok.startswith(key + "="):
+                        return tok[len(key) + 1:]
+        return None
+
+    # -- input
+
+    def send_udp(self, *datagrams, sock=None):
+        s = sock or socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            for d in datagrams:
+                s.sendto(d.encode() if isinstance(d, str) else d, ("127.0.0.1", self.port))
+        finally:
+            if sock is None:
+                s.close()
+
+    def send_unix(self, *datagrams):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        try:
+            for d in datagrams:
+                s.sendto(d.encode() if isinstance(d, str) else d, self.unix_path)
+        finally:
+            s.close()
+
+    def tcp(self, timeout=5.0):
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        return s
+
+    def send_tcp(self, data):
+        s = self.tcp()
+        try:
+            s.sendall(data.encode() if isinstance(data, str) else data)
+        finally:
+            s.close()
+
+    # -- output
+
+    def tap(self, prefixes, n, timeout=10.0, name=None):
+        return Tap(self.env, self.cfg_path, prefixes, n, timeout,
+                   name=name or "tap-%s-%d" % (self.name, len(self.env.procs)))
+
+    def stats(self, timeout=0.5, tries=6):
+        """The collector's counters (as published when tokmonctl subscribes)."""
+        last = ""
+        for _ in range(tries):
+            rc, out, err = run([bin_path("tokmonctl"), "-c", self.cfg_path, "stats", "--json",
+                                "--timeout", str(timeout)], timeout=timeout + 10)
+            if rc == 0:
+                for obj in json.loads(out):
+                    if obj.get("src") == self.src and obj.get("daemon") == "tokmon-collectd":
+                        return Stats(obj)
+                last = "no tokmon-collectd with src %s in %s" % (self.src, out[:300])
+            else:
+                last = "tokmonctl stats: status %d: %s" % (rc, err.strip())
+        raise CaseFailure(last)
+
+    def wait_stats(self, pred, timeout=8.0, what="counters"):
+        """Polls the counters until pred(stats) is true; returns them. Fails
+        with the last counters when it never becomes true."""
+        deadline = time.monotonic() + timeout
+        while True:
+            st = self.stats()
+            if pred(st):
+                return st
+            if time.monotonic() > deadline:
+                raise CaseFailure("%s not reached: %s" % (what, st.brief()))
+
+    def wait_received(self, n, timeout=8.0):
+        return self.wait_stats(lambda s: s.get("ingest_received_total") >= n, timeout,
+                               "ingest_received_total >= %d" % n)
+
+    def check_invariant(self, st=None):
+        st = st or self.stats()
+        ok, text = st.invariant()
+        check(ok, "%s: counter invariant broken: %s", self.name, text)
+        return st
+
+    def stop(self, timeout=5.0):
+        return self.proc.stop(timeout) if self.proc else None
+
+
+# ---- registry ----------------------------------------------------------------
+
+CASES = []
+
+
+def case(timeout=30):
+    def deco(fn):
+        CASES.append((fn.__name__, fn, timeout))
+        return fn
+    return deco

@@ -42,7 +42,7 @@ LDLIBS     = $(PKG_LIBS) -lm
 
 COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c \
               common/sdnotify.c common/addr.c common/cfg.c common/dec.c \
-              common/json.c common/mpr.c common/msg.c common/bus.c \
+              common/jtok.c common/mpr.c common/msg.c common/bus.c \
               common/stats.c common/prices.c common/auth.c
 # the collector's code, also linked into its tests and fuzzers
 COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
@@ -54,11 +54,11 @@ tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
 
-UNIT_TESTS := common/json_test common/dec_test common/cfg_test common/prices_test \
+UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_test \
               common/msg_test common/mpr_test common/bus_test common/auth_test \
               common/tmtime_test common/log_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test
-FUZZERS := fuzz_statsd fuzz_json fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest
+FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest
 
 # ---- rules -----------------------------------------------------------------
 

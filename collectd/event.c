@@ -28,7 +28,7 @@ typedef struct {
 typedef struct {
     bool json;
     const char *buf;
-    const json_tok_t *toks;
+    const jtok_t *toks;
     scratch_t *scratch;
     reason_t err;
 } src_t;
@@ -46,10 +46,10 @@ static bool str_ok(span_t s) { return memchr(s.p, '\0', s.len) == NULL; }
 
 static reason_t json_val(src_t *src, int ti, val_t *v)
 {
-    const json_tok_t *t = &src->toks[ti];
+    const jtok_t *t = &src->toks[ti];
     memset(v, 0, sizeof *v);
     switch (t->type) {
-    case JSON_STRING:
+    case JTOK_STRING:
         v->k = V_STR;
         if (!t->escaped) {
             v->s = span_make(src->buf + t->start, t->len);
@@ -57,30 +57,30 @@ static reason_t json_val(src_t *src, int ti, val_t *v)
             char *out = scratch_alloc(src->scratch, (size_t)t->len + 1);
             if (!out)
                 return REASON_BAD_FIELD;
-            ssize_t n = json_str_decode(src->buf, t, out, (size_t)t->len + 1);
+            ssize_t n = jtok_str_decode(src->buf, t, out, (size_t)t->len + 1);
             if (n < 0)
                 return REASON_BAD_JSON;
             src->scratch->len = (size_t)(out - src->scratch->p) + (size_t)n + 1;
             v->s = span_make(out, (size_t)n);
         }
         return REASON_NONE;
-    case JSON_NUMBER:
+    case JTOK_NUMBER:
         v->k = V_NUM;
         v->s = span_make(src->buf + t->start, t->len);
         return REASON_NONE;
-    case JSON_TRUE:
-    case JSON_FALSE:
+    case JTOK_TRUE:
+    case JTOK_FALSE:
         v->k = V_BOOL;
-        v->b = t->type == JSON_TRUE;
+        v->b = t->type == JTOK_TRUE;
         return REASON_NONE;
-    case JSON_NULL:
+    case JTOK_NULL:
         v->k = V_NULL;
         return REASON_NONE;
-    case JSON_OBJECT:
+    case JTOK_OBJECT:
         v->k = V_OBJ;
         v->tok = ti;
         return REASON_NONE;
-    case JSON_ARRAY:
+    case JTOK_ARRAY:
         v->k = V_ARR;
         v->tok = ti;
         return REASON_NONE;
@@ -152,7 +152,7 @@ static reason_t obj_each(src_t *src, const val_t *obj, member_fn fn, void *arg)
 {
     reason_t r;
     if (src->json) {
-        const json_tok_t *t = &src->toks[obj->tok];
+        const jtok_t *t = &src->toks[obj->tok];
         int i = obj->tok + 1;
         for (uint32_t k = 0; k < t->size; k++) {
             val_t kv, vv;
@@ -730,11 +730,11 @@ static reason_t build(src_t *src, const val_t *root, const event_limits_t *lim, 
 }
 
 reason_t event_parse_json(const char *line, size_t len, const event_limits_t *lim,
-                          json_tok_t *toks, scratch_t *scratch, event_t *ev)
+                          jtok_t *toks, scratch_t *scratch, event_t *ev)
 {
-    json_err_t je;
-    int n = json_parse(line, len, toks, EVENT_MAX_TOKENS, 8, &je);
-    if (n < 0 || toks[0].type != JSON_OBJECT)
+    jtok_err_t je;
+    int n = jtok_parse(line, len, toks, EVENT_MAX_TOKENS, 8, &je);
+    if (n < 0 || toks[0].type != JTOK_OBJECT)
         return REASON_BAD_JSON;
     src_t src = { .json = true, .buf = line, .toks = toks, .scratch = scratch };
     val_t root = { .k = V_OBJ, .tok = 0 };

@@ -10,7 +10,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#include "json.h"
+#include "jtok.h"
 #include "mpr.h"
 #include "msg.h"
 #include "reason.h"
@@ -38,7 +38,7 @@ typedef struct {
 /* Parses one JSON object (a line beginning with '{'). toks must hold
  * EVENT_MAX_TOKENS. Returns REASON_NONE or why the record is refused. */
 reason_t event_parse_json(const char *line, size_t len, const event_limits_t *lim,
-                          json_tok_t *toks, scratch_t *scratch, event_t *ev);
+                          jtok_t *toks, scratch_t *scratch, event_t *ev);
 
 /* Parses one msgpack map at r, advancing r past it (also on most errors, so
  * the next record of a datagram can be read; *resync is false when the

@@ -167,11 +167,11 @@ static const event_limits_t LIM = { .max_tags = 4, .max_tag_len = 16 };
 
 /* ---- JSON → msgpack, for the msgpack side of each row -------------------- */
 
-static int to_msgpack(const char *buf, const json_tok_t *t, int i, msgpack_packer *pk, char *tmp)
+static int to_msgpack(const char *buf, const jtok_t *t, int i, msgpack_packer *pk, char *tmp)
 {
-    const json_tok_t *k = &t[i];
+    const jtok_t *k = &t[i];
     switch (k->type) {
-    case JSON_OBJECT: {
+    case JTOK_OBJECT: {
         msgpack_pack_map(pk, k->size);
         int j = i + 1;
         for (uint32_t n = 0; n < k->size; n++) {
@@ -180,20 +180,20 @@ static int to_msgpack(const char *buf, const json_tok_t *t, int i, msgpack_packe
         }
         return (int)k->next;
     }
-    case JSON_ARRAY: {
+    case JTOK_ARRAY: {
         msgpack_pack_array(pk, k->size);
         int j = i + 1;
         for (uint32_t n = 0; n < k->size; n++)
             j = to_msgpack(buf, t, j, pk, tmp);
         return (int)k->next;
     }
-    case JSON_STRING: {
-        ssize_t n = json_str_decode(buf, k, tmp, 4096);
+    case JTOK_STRING: {
+        ssize_t n = jtok_str_decode(buf, k, tmp, 4096);
         msgpack_pack_str(pk, (size_t)n);
         msgpack_pack_str_body(pk, tmp, (size_t)n);
         return i + 1;
     }
-    case JSON_NUMBER: {
+    case JTOK_NUMBER: {
         char num[64];
         snprintf(num, sizeof num, "%.*s", (int)k->len, buf + k->start);
         char *end;
@@ -204,13 +204,13 @@ static int to_msgpack(const char *buf, const json_tok_t *t, int i, msgpack_packe
             msgpack_pack_double(pk, strtod(num, NULL));
         return i + 1;
     }
-    case JSON_TRUE:
+    case JTOK_TRUE:
         msgpack_pack_true(pk);
         return i + 1;
-    case JSON_FALSE:
+    case JTOK_FALSE:
         msgpack_pack_false(pk);
         return i + 1;
-    case JSON_NULL:
+    case JTOK_NULL:
         msgpack_pack_nil(pk);
         return i + 1;
     }
@@ -218,7 +218,7 @@ static int to_msgpack(const char *buf, const json_tok_t *t, int i, msgpack_packe
 }
 
 typedef struct {
-    json_tok_t *toks;
+    jtok_t *toks;
     scratch_t sc;
 } fx_t;
 
@@ -306,8 +306,8 @@ static void test_case(void **state)
     check(c, event_parse_json(line, len, &LIM, f->toks, &f->sc, &ev), &ev, "json");
 
     if (!c->json_only) {
-        json_err_t je;
-        int nt = json_parse(line, len, f->toks, EVENT_MAX_TOKENS, 64, &je);
+        jtok_err_t je;
+        int nt = jtok_parse(line, len, f->toks, EVENT_MAX_TOKENS, 64, &je);
         assert_true(nt > 0);
         mbuf_t mb = { 0 };
         msgpack_packer pk;

@@ -7,7 +7,7 @@
 #include "addr.h"
 #include "event.h"
 #include "fnv.h"
-#include "json.h"
+#include "jtok.h"
 #include "log.h"
 #include "mpr.h"
 #include "statsd.h"
@@ -26,7 +26,7 @@ struct ingest {
     stats_t *stats;
     ingest_sink_t sink;
     event_limits_t lim;
-    json_tok_t *toks;
+    jtok_t *toks;
     scratch_t scratch;
     uint64_t rejects_seen;
     int64_t log_window_ns;

@@ -9,7 +9,7 @@
 
 #include "dec.h"
 #include "fnv.h"
-#include "json.h"
+#include "jtok.h"
 #include "xalloc.h"
 
 #define MAX_NAME 256
@@ -180,15 +180,15 @@ static int parse_rate(const char *s, size_t n, unsigned __int128 *out)
 static int load_table(prices_t *p, const char *json, size_t len, const char *name, char *err,
                        size_t errcap)
 {
-    json_err_t je;
-    int ntok = json_parse(json, len, NULL, 0, 32, &je);
+    jtok_err_t je;
+    int ntok = jtok_parse(json, len, NULL, 0, 32, &je);
     if (ntok < 0) {
-        snprintf(err, errcap, "%s: not JSON (%s at byte %zu)", name, json_strerror(je.code),
+        snprintf(err, errcap, "%s: not JSON (%s at byte %zu)", name, jtok_strerror(je.code),
                  je.offset);
         return -1;
     }
-    json_tok_t *t = xmalloc((size_t)ntok * sizeof *t);
-    if (json_parse(json, len, t, (size_t)ntok, 32, &je) < 0 || t[0].type != JSON_OBJECT) {
+    jtok_t *t = xmalloc((size_t)ntok * sizeof *t);
+    if (jtok_parse(json, len, t, (size_t)ntok, 32, &je) < 0 || t[0].type != JTOK_OBJECT) {
         snprintf(err, errcap, "%s: the table is not a JSON object", name);
         free(t);
         return -1;
@@ -198,23 +198,23 @@ static int load_table(prices_t *p, const char *json, size_t len, const char *nam
     for (uint32_t k = 0; k < t[0].size; k++) {
         int ki = i, vi = i + 1;
         i = (int)t[vi].next;
-        if (json_str_decode(json, &t[ki], key, sizeof key) < 0 || t[vi].type != JSON_OBJECT ||
+        if (jtok_str_decode(json, &t[ki], key, sizeof key) < 0 || t[vi].type != JTOK_OBJECT ||
             !strcmp(key, "sample_spec") || !key[0]) {
             if (strcmp(key, "sample_spec") != 0)
                 p->skipped++;
             continue;
         }
-        int pi = json_obj_get(json, t, vi, "litellm_provider");
+        int pi = jtok_obj_get(json, t, vi, "litellm_provider");
         prov[0] = '\0';
-        if (pi >= 0 && t[pi].type == JSON_STRING)
-            json_str_decode(json, &t[pi], prov, sizeof prov);
+        if (pi >= 0 && t[pi].type == JTOK_STRING)
+            jtok_str_decode(json, &t[pi], prov, sizeof prov);
         price_t tmp = { 0 };
         bool ok = true, any = false;
         for (int f = 0; f < PRICE_NFIELDS; f++) {
-            int fi = json_obj_get(json, t, vi, field_names[f]);
-            if (fi < 0 || t[fi].type == JSON_NULL)
+            int fi = jtok_obj_get(json, t, vi, field_names[f]);
+            if (fi < 0 || t[fi].type == JTOK_NULL)
                 continue;
-            if (t[fi].type != JSON_NUMBER ||
+            if (t[fi].type != JTOK_NUMBER ||
                 parse_rate(json + t[fi].start, t[fi].len, &tmp.rate[f]) < 0) {
                 ok = false;
                 break;

@@ -1,5 +1,5 @@
-/* json_test: table-driven tests of common/json, plus a real-data test reading
- * the price table. Usage: json_test [FILTER [PRICES]] where FILTER is a cmocka
+/* jtok_test: table-driven tests of common/json, plus a real-data test reading
+ * the price table. Usage: jtok_test [FILTER [PRICES]] where FILTER is a cmocka
  * test-name pattern ("*" or "" for all) and PRICES the price table (else
  * $TOKMON_PRICES, else $TOKMON_REPO/data/model_prices.json, else
  * data/model_prices.json relative to the directory the test was built from). */
@@ -15,7 +15,7 @@
 #include <cmocka.h>
 
 #include "dec.h"
-#include "json.h"
+#include "jtok.h"
 
 static const char *prices_path;
 
@@ -23,7 +23,7 @@ static const char *prices_path;
  * space-separated: o<size>><next> / a<size>><next> for containers, s:<raw>
  * (e:<raw> when escaped) for strings, n:<raw> for numbers, t f z for
  * true false null. A scalar's next is always checked to be its index + 1. */
-static void dump(const char *buf, const json_tok_t *t, int n, char *out, size_t cap)
+static void dump(const char *buf, const jtok_t *t, int n, char *out, size_t cap)
 {
     size_t o = 0;
     out[0] = '\0';
@@ -31,20 +31,20 @@ static void dump(const char *buf, const json_tok_t *t, int n, char *out, size_t 
         int w = 0;
         const char *sep = i ? " " : "";
         switch (t[i].type) {
-        case JSON_OBJECT:
-        case JSON_ARRAY:
-            w = snprintf(out + o, cap - o, "%s%c%u>%u", sep, t[i].type == JSON_OBJECT ? 'o' : 'a', t[i].size,
+        case JTOK_OBJECT:
+        case JTOK_ARRAY:
+            w = snprintf(out + o, cap - o, "%s%c%u>%u", sep, t[i].type == JTOK_OBJECT ? 'o' : 'a', t[i].size,
                          t[i].next);
             break;
-        case JSON_STRING:
-        case JSON_NUMBER:
+        case JTOK_STRING:
+        case JTOK_NUMBER:
             w = snprintf(out + o, cap - o, "%s%c:%.*s", sep,
-                         t[i].type == JSON_NUMBER ? 'n' : t[i].escaped ? 'e' : 's', (int)t[i].len,
+                         t[i].type == JTOK_NUMBER ? 'n' : t[i].escaped ? 'e' : 's', (int)t[i].len,
                          buf + t[i].start);
             break;
-        case JSON_TRUE: w = snprintf(out + o, cap - o, "%st", sep); break;
-        case JSON_FALSE: w = snprintf(out + o, cap - o, "%sf", sep); break;
-        case JSON_NULL: w = snprintf(out + o, cap - o, "%sz", sep); break;
+        case JTOK_TRUE: w = snprintf(out + o, cap - o, "%st", sep); break;
+        case JTOK_FALSE: w = snprintf(out + o, cap - o, "%sf", sep); break;
+        case JTOK_NULL: w = snprintf(out + o, cap - o, "%sz", sep); break;
         }
         o += (size_t)w;
     }
@@ -52,16 +52,16 @@ static void dump(const char *buf, const json_tok_t *t, int n, char *out, size_t 
 
 /* Structural invariants every successful parse must have. Returns a
  * description of the first broken one, or NULL. */
-static const char *check_invariants(const char *buf, size_t len, const json_tok_t *t, int n)
+static const char *check_invariants(const char *buf, size_t len, const jtok_t *t, int n)
 {
     for (int i = 0; i < n; i++) {
-        const json_tok_t *k = &t[i];
+        const jtok_t *k = &t[i];
         if ((size_t)k->start + k->len > len)
             return "span outside the buffer";
         switch (k->type) {
-        case JSON_OBJECT:
-        case JSON_ARRAY: {
-            char open = k->type == JSON_OBJECT ? '{' : '[', close = k->type == JSON_OBJECT ? '}' : ']';
+        case JTOK_OBJECT:
+        case JTOK_ARRAY: {
+            char open = k->type == JTOK_OBJECT ? '{' : '[', close = k->type == JTOK_OBJECT ? '}' : ']';
             if (k->len < 2 || buf[k->start] != open || buf[k->start + k->len - 1] != close)
                 return "container span is not its brackets";
             if (k->next <= (uint32_t)i || k->next > (uint32_t)n)
@@ -69,8 +69,8 @@ static const char *check_invariants(const char *buf, size_t len, const json_tok_
             /* walk the children with next: they must end exactly at next */
             uint32_t c = (uint32_t)i + 1, count = 0;
             while (c < k->next) {
-                if (k->type == JSON_OBJECT) {
-                    if (t[c].type != JSON_STRING || t[c].next != c + 1)
+                if (k->type == JTOK_OBJECT) {
+                    if (t[c].type != JTOK_STRING || t[c].next != c + 1)
                         return "object key is not a string";
                     c++;
                 }
@@ -85,14 +85,14 @@ static const char *check_invariants(const char *buf, size_t len, const json_tok_
                 return "size does not match the children";
             break;
         }
-        case JSON_STRING:
+        case JTOK_STRING:
             if (k->start == 0 || buf[k->start - 1] != '"' || buf[k->start + k->len] != '"')
                 return "string span is not inside quotes";
             if (k->escaped != (memchr(buf + k->start, '\\', k->len) != NULL))
                 return "escaped flag wrong";
             /* fall through */
         default:
-            if (k->type != JSON_STRING && k->size != 0)
+            if (k->type != JTOK_STRING && k->size != 0)
                 return "scalar with a size";
             if (k->next != (uint32_t)i + 1)
                 return "scalar next is not i + 1";
@@ -101,19 +101,19 @@ static const char *check_invariants(const char *buf, size_t len, const json_tok_
     return NULL;
 }
 
-/* ---- json_parse: the big table ----------------------------------------- */
+/* ---- jtok_parse: the big table ----------------------------------------- */
 
 typedef struct {
     const char *in;
     size_t len;
     unsigned depth;
-    int code;          /* JSON_OK or the error */
+    int code;          /* JTOK_OK or the error */
     size_t off;        /* error offset */
-    const char *dump;  /* expected tokens when JSON_OK */
+    const char *dump;  /* expected tokens when JTOK_OK */
 } parse_case_t;
 
 #define S(x) x, sizeof(x) - 1
-#define OK(x, d, dumped) { S(x), d, JSON_OK, 0, dumped }
+#define OK(x, d, dumped) { S(x), d, JTOK_OK, 0, dumped }
 #define BAD(x, code, off) { S(x), 64, code, off, NULL }
 
 static const parse_case_t parse_cases[] = {
@@ -172,174 +172,174 @@ static const parse_case_t parse_cases[] = {
     OK("[[],[],[[]]]", 3, "a3>5 a0>2 a0>3 a1>5 a0>5"),
     OK("1", 0, "n:1"),
     /* EDEPTH rows run with max_depth 3 */
-    BAD("[[[[1]]]]", JSON_EDEPTH, 3),
-    BAD("{\"a\":{\"b\":{\"c\":{}}}}", JSON_EDEPTH, 15),
-    BAD("[{\"a\":[[]]}]", JSON_EDEPTH, 7),
+    BAD("[[[[1]]]]", JTOK_EDEPTH, 3),
+    BAD("{\"a\":{\"b\":{\"c\":{}}}}", JTOK_EDEPTH, 15),
+    BAD("[{\"a\":[[]]}]", JTOK_EDEPTH, 7),
     /* empty */
-    BAD("", JSON_EEMPTY, 0),
-    BAD("   \n\t", JSON_EEMPTY, 5),
+    BAD("", JTOK_EEMPTY, 0),
+    BAD("   \n\t", JTOK_EEMPTY, 5),
     /* syntax */
-    BAD("\xEF\xBB\xBF{}", JSON_ESYNTAX, 0), /* BOM */
-    BAD("\xC3\xA9", JSON_ESYNTAX, 0),       /* UTF-8 outside a string */
-    BAD("nulx", JSON_ESYNTAX, 3),
-    BAD("nullx", JSON_ESYNTAX, 4),
-    BAD("true1", JSON_ESYNTAX, 4),
-    BAD("True", JSON_ESYNTAX, 0),
-    BAD("NULL", JSON_ESYNTAX, 0),
-    BAD("NaN", JSON_ESYNTAX, 0),
-    BAD("Infinity", JSON_ESYNTAX, 0),
-    BAD("undefined", JSON_ESYNTAX, 0),
-    BAD("'a'", JSON_ESYNTAX, 0),
-    BAD("]", JSON_ESYNTAX, 0),
-    BAD("}", JSON_ESYNTAX, 0),
-    BAD(":", JSON_ESYNTAX, 0),
-    BAD(",", JSON_ESYNTAX, 0),
-    BAD("[1,]", JSON_ESYNTAX, 3),
-    BAD("[,1]", JSON_ESYNTAX, 1),
-    BAD("[1 2]", JSON_ESYNTAX, 3),
-    BAD("[1:2]", JSON_ESYNTAX, 2),
-    BAD("[1}", JSON_ESYNTAX, 2),
-    BAD("{\"a\":1]", JSON_ESYNTAX, 6),
-    BAD("{\"a\" 1}", JSON_ESYNTAX, 5),
-    BAD("{\"a\"}", JSON_ESYNTAX, 4),
-    BAD("{\"a\":}", JSON_ESYNTAX, 5),
-    BAD("{\"a\":1,}", JSON_ESYNTAX, 7),
-    BAD("{\"a\":1 \"b\":2}", JSON_ESYNTAX, 7),
-    BAD("{,}", JSON_ESYNTAX, 1),
-    BAD("{1:2}", JSON_ESYNTAX, 1),
-    BAD("{'a':1}", JSON_ESYNTAX, 1),
-    BAD("{a:1}", JSON_ESYNTAX, 1),
-    BAD("{\"a\"::1}", JSON_ESYNTAX, 5),
-    BAD("{\"a\":1,,\"b\":2}", JSON_ESYNTAX, 7),
-    BAD("[\"a\":1]", JSON_ESYNTAX, 4),
-    BAD("[1,2,]", JSON_ESYNTAX, 5),
-    BAD("[/* c */]", JSON_ESYNTAX, 1),
-    BAD("[\v]", JSON_ESYNTAX, 1),            /* only 4 whitespace bytes */
-    BAD("[\xC2\xA0]", JSON_ESYNTAX, 1),      /* NBSP is not whitespace */
-    BAD("[\0]", JSON_ESYNTAX, 1),
+    BAD("\xEF\xBB\xBF{}", JTOK_ESYNTAX, 0), /* BOM */
+    BAD("\xC3\xA9", JTOK_ESYNTAX, 0),       /* UTF-8 outside a string */
+    BAD("nulx", JTOK_ESYNTAX, 3),
+    BAD("nullx", JTOK_ESYNTAX, 4),
+    BAD("true1", JTOK_ESYNTAX, 4),
+    BAD("True", JTOK_ESYNTAX, 0),
+    BAD("NULL", JTOK_ESYNTAX, 0),
+    BAD("NaN", JTOK_ESYNTAX, 0),
+    BAD("Infinity", JTOK_ESYNTAX, 0),
+    BAD("undefined", JTOK_ESYNTAX, 0),
+    BAD("'a'", JTOK_ESYNTAX, 0),
+    BAD("]", JTOK_ESYNTAX, 0),
+    BAD("}", JTOK_ESYNTAX, 0),
+    BAD(":", JTOK_ESYNTAX, 0),
+    BAD(",", JTOK_ESYNTAX, 0),
+    BAD("[1,]", JTOK_ESYNTAX, 3),
+    BAD("[,1]", JTOK_ESYNTAX, 1),
+    BAD("[1 2]", JTOK_ESYNTAX, 3),
+    BAD("[1:2]", JTOK_ESYNTAX, 2),
+    BAD("[1}", JTOK_ESYNTAX, 2),
+    BAD("{\"a\":1]", JTOK_ESYNTAX, 6),
+    BAD("{\"a\" 1}", JTOK_ESYNTAX, 5),
+    BAD("{\"a\"}", JTOK_ESYNTAX, 4),
+    BAD("{\"a\":}", JTOK_ESYNTAX, 5),
+    BAD("{\"a\":1,}", JTOK_ESYNTAX, 7),
+    BAD("{\"a\":1 \"b\":2}", JTOK_ESYNTAX, 7),
+    BAD("{,}", JTOK_ESYNTAX, 1),
+    BAD("{1:2}", JTOK_ESYNTAX, 1),
+    BAD("{'a':1}", JTOK_ESYNTAX, 1),
+    BAD("{a:1}", JTOK_ESYNTAX, 1),
+    BAD("{\"a\"::1}", JTOK_ESYNTAX, 5),
+    BAD("{\"a\":1,,\"b\":2}", JTOK_ESYNTAX, 7),
+    BAD("[\"a\":1]", JTOK_ESYNTAX, 4),
+    BAD("[1,2,]", JTOK_ESYNTAX, 5),
+    BAD("[/* c */]", JTOK_ESYNTAX, 1),
+    BAD("[\v]", JTOK_ESYNTAX, 1),            /* only 4 whitespace bytes */
+    BAD("[\xC2\xA0]", JTOK_ESYNTAX, 1),      /* NBSP is not whitespace */
+    BAD("[\0]", JTOK_ESYNTAX, 1),
     /* truncated */
-    BAD("[", JSON_ETRUNC, 1),
-    BAD("{", JSON_ETRUNC, 1),
-    BAD("[1", JSON_ETRUNC, 2),
-    BAD("[1,", JSON_ETRUNC, 3),
-    BAD("[1,2", JSON_ETRUNC, 4),
-    BAD("[[]", JSON_ETRUNC, 3),
-    BAD("{\"a\"", JSON_ETRUNC, 4),
-    BAD("{\"a\" ", JSON_ETRUNC, 5),
-    BAD("{\"a\":", JSON_ETRUNC, 5),
-    BAD("{\"a\":1", JSON_ETRUNC, 6),
-    BAD("{\"a\":1,", JSON_ETRUNC, 7),
-    BAD("{\"a", JSON_ETRUNC, 3),
-    BAD("\"abc", JSON_ETRUNC, 4),
-    BAD("\"", JSON_ETRUNC, 1),
-    BAD("\"\\", JSON_ETRUNC, 2),
-    BAD("\"\\u12", JSON_ETRUNC, 5),
-    BAD("\"\\uD83D", JSON_ETRUNC, 7),
-    BAD("\"\\uD83D\\", JSON_ETRUNC, 8),
-    BAD("\"\\uD83D\\u", JSON_ETRUNC, 9),
-    BAD("\"\\uD83D\\uDE0", JSON_ETRUNC, 12),
-    BAD("\"\xC3", JSON_ETRUNC, 2),
-    BAD("\"\xE2\x82", JSON_ETRUNC, 3),
-    BAD("\"\xF0\x9F\x98", JSON_ETRUNC, 4),
-    BAD("t", JSON_ETRUNC, 1),
-    BAD("tru", JSON_ETRUNC, 3),
-    BAD("fals", JSON_ETRUNC, 4),
-    BAD("nul", JSON_ETRUNC, 3),
-    BAD("[tru", JSON_ETRUNC, 4),
+    BAD("[", JTOK_ETRUNC, 1),
+    BAD("{", JTOK_ETRUNC, 1),
+    BAD("[1", JTOK_ETRUNC, 2),
+    BAD("[1,", JTOK_ETRUNC, 3),
+    BAD("[1,2", JTOK_ETRUNC, 4),
+    BAD("[[]", JTOK_ETRUNC, 3),
+    BAD("{\"a\"", JTOK_ETRUNC, 4),
+    BAD("{\"a\" ", JTOK_ETRUNC, 5),
+    BAD("{\"a\":", JTOK_ETRUNC, 5),
+    BAD("{\"a\":1", JTOK_ETRUNC, 6),
+    BAD("{\"a\":1,", JTOK_ETRUNC, 7),
+    BAD("{\"a", JTOK_ETRUNC, 3),
+    BAD("\"abc", JTOK_ETRUNC, 4),
+    BAD("\"", JTOK_ETRUNC, 1),
+    BAD("\"\\", JTOK_ETRUNC, 2),
+    BAD("\"\\u12", JTOK_ETRUNC, 5),
+    BAD("\"\\uD83D", JTOK_ETRUNC, 7),
+    BAD("\"\\uD83D\\", JTOK_ETRUNC, 8),
+    BAD("\"\\uD83D\\u", JTOK_ETRUNC, 9),
+    BAD("\"\\uD83D\\uDE0", JTOK_ETRUNC, 12),
+    BAD("\"\xC3", JTOK_ETRUNC, 2),
+    BAD("\"\xE2\x82", JTOK_ETRUNC, 3),
+    BAD("\"\xF0\x9F\x98", JTOK_ETRUNC, 4),
+    BAD("t", JTOK_ETRUNC, 1),
+    BAD("tru", JTOK_ETRUNC, 3),
+    BAD("fals", JTOK_ETRUNC, 4),
+    BAD("nul", JTOK_ETRUNC, 3),
+    BAD("[tru", JTOK_ETRUNC, 4),
     /* trailing */
-    BAD("1 2", JSON_ETRAILING, 2),
-    BAD("{}x", JSON_ETRAILING, 2),
-    BAD("[]]", JSON_ETRAILING, 2),
-    BAD("{}}", JSON_ETRAILING, 2),
-    BAD("[] []", JSON_ETRAILING, 3),
-    BAD("\"a\"\"b\"", JSON_ETRAILING, 3),
-    BAD("{} ,", JSON_ETRAILING, 3),
-    BAD("1\0", JSON_ETRAILING, 1),
-    BAD("{} \0", JSON_ETRAILING, 3),
-    BAD("null null", JSON_ETRAILING, 5),
-    BAD("{\"a\":1}\n{\"a\":2}", JSON_ETRAILING, 8),
+    BAD("1 2", JTOK_ETRAILING, 2),
+    BAD("{}x", JTOK_ETRAILING, 2),
+    BAD("[]]", JTOK_ETRAILING, 2),
+    BAD("{}}", JTOK_ETRAILING, 2),
+    BAD("[] []", JTOK_ETRAILING, 3),
+    BAD("\"a\"\"b\"", JTOK_ETRAILING, 3),
+    BAD("{} ,", JTOK_ETRAILING, 3),
+    BAD("1\0", JTOK_ETRAILING, 1),
+    BAD("{} \0", JTOK_ETRAILING, 3),
+    BAD("null null", JTOK_ETRAILING, 5),
+    BAD("{\"a\":1}\n{\"a\":2}", JTOK_ETRAILING, 8),
     /* numbers */
-    BAD("01", JSON_ENUMBER, 1),
-    BAD("00", JSON_ENUMBER, 1),
-    BAD("-01", JSON_ENUMBER, 2),
-    BAD("[01]", JSON_ENUMBER, 2),
-    BAD("+1", JSON_ENUMBER, 0),
-    BAD("[+1]", JSON_ENUMBER, 1),
-    BAD(".5", JSON_ENUMBER, 0),
-    BAD("-.5", JSON_ENUMBER, 1),
-    BAD("1.", JSON_ENUMBER, 2),
-    BAD("[2.]", JSON_ENUMBER, 3),
-    BAD("1.e5", JSON_ENUMBER, 2),
-    BAD("-", JSON_ENUMBER, 1),
-    BAD("-a", JSON_ENUMBER, 1),
-    BAD("- 1", JSON_ENUMBER, 1),
-    BAD("--1", JSON_ENUMBER, 1),
-    BAD("-Infinity", JSON_ENUMBER, 1),
-    BAD("-NaN", JSON_ENUMBER, 1),
-    BAD("1e", JSON_ENUMBER, 2),
-    BAD("1e+", JSON_ENUMBER, 3),
-    BAD("1E-x", JSON_ENUMBER, 3),
-    BAD("1.0e", JSON_ENUMBER, 4),
-    BAD("1ee5", JSON_ENUMBER, 2),
-    BAD("0x1F", JSON_ENUMBER, 1),
-    BAD("1f", JSON_ENUMBER, 1),
-    BAD("1.5.2", JSON_ENUMBER, 3),
-    BAD("1e5e5", JSON_ENUMBER, 3),
-    BAD("1e5.5", JSON_ENUMBER, 3),
-    BAD("1-2", JSON_ENUMBER, 1),
-    BAD("1+2", JSON_ENUMBER, 1),
-    BAD("{\"a\":01}", JSON_ENUMBER, 6),
+    BAD("01", JTOK_ENUMBER, 1),
+    BAD("00", JTOK_ENUMBER, 1),
+    BAD("-01", JTOK_ENUMBER, 2),
+    BAD("[01]", JTOK_ENUMBER, 2),
+    BAD("+1", JTOK_ENUMBER, 0),
+    BAD("[+1]", JTOK_ENUMBER, 1),
+    BAD(".5", JTOK_ENUMBER, 0),
+    BAD("-.5", JTOK_ENUMBER, 1),
+    BAD("1.", JTOK_ENUMBER, 2),
+    BAD("[2.]", JTOK_ENUMBER, 3),
+    BAD("1.e5", JTOK_ENUMBER, 2),
+    BAD("-", JTOK_ENUMBER, 1),
+    BAD("-a", JTOK_ENUMBER, 1),
+    BAD("- 1", JTOK_ENUMBER, 1),
+    BAD("--1", JTOK_ENUMBER, 1),
+    BAD("-Infinity", JTOK_ENUMBER, 1),
+    BAD("-NaN", JTOK_ENUMBER, 1),
+    BAD("1e", JTOK_ENUMBER, 2),
+    BAD("1e+", JTOK_ENUMBER, 3),
+    BAD("1E-x", JTOK_ENUMBER, 3),
+    BAD("1.0e", JTOK_ENUMBER, 4),
+    BAD("1ee5", JTOK_ENUMBER, 2),
+    BAD("0x1F", JTOK_ENUMBER, 1),
+    BAD("1f", JTOK_ENUMBER, 1),
+    BAD("1.5.2", JTOK_ENUMBER, 3),
+    BAD("1e5e5", JTOK_ENUMBER, 3),
+    BAD("1e5.5", JTOK_ENUMBER, 3),
+    BAD("1-2", JTOK_ENUMBER, 1),
+    BAD("1+2", JTOK_ENUMBER, 1),
+    BAD("{\"a\":01}", JTOK_ENUMBER, 6),
     /* control characters */
-    BAD("\"a\tb\"", JSON_ECTRL, 2),
-    BAD("\"\n\"", JSON_ECTRL, 1),
-    BAD("\"\x1F\"", JSON_ECTRL, 1),
-    BAD("\"\x01\"", JSON_ECTRL, 1),
-    BAD("\"\0\"", JSON_ECTRL, 1),
-    BAD("{\"a\rb\":1}", JSON_ECTRL, 3),
+    BAD("\"a\tb\"", JTOK_ECTRL, 2),
+    BAD("\"\n\"", JTOK_ECTRL, 1),
+    BAD("\"\x1F\"", JTOK_ECTRL, 1),
+    BAD("\"\x01\"", JTOK_ECTRL, 1),
+    BAD("\"\0\"", JTOK_ECTRL, 1),
+    BAD("{\"a\rb\":1}", JTOK_ECTRL, 3),
     /* escapes */
-    BAD("\"\\x\"", JSON_EESCAPE, 1),
-    BAD("\"\\U0041\"", JSON_EESCAPE, 1),
-    BAD("\"\\u00G0\"", JSON_EESCAPE, 1),
-    BAD("\"\\u 123\"", JSON_EESCAPE, 1),
-    BAD("\"a\\'\"", JSON_EESCAPE, 2),
-    BAD("\"\\0\"", JSON_EESCAPE, 1),
-    BAD("\"\\\n\"", JSON_EESCAPE, 1),
-    BAD("\"\\uDC00\"", JSON_EESCAPE, 1),             /* lone low surrogate */
-    BAD("\"\\uDFFF\\uD800\"", JSON_EESCAPE, 1),      /* pair in the wrong order */
-    BAD("\"\\uD800\"", JSON_EESCAPE, 1),             /* lone high surrogate */
-    BAD("\"\\uD800x\"", JSON_EESCAPE, 1),
-    BAD("\"\\uD800\\n\"", JSON_EESCAPE, 1),
-    BAD("\"\\uD800\\uD800\"", JSON_EESCAPE, 1),
-    BAD("\"\\uD800\\u0041\"", JSON_EESCAPE, 1),
-    BAD("\"\\uD800\\uE000\"", JSON_EESCAPE, 1),
-    BAD("\"\\uD800\\uDC0G\"", JSON_EESCAPE, 7),
-    BAD("\"ok\\uDBFF\\uDFFF\\uDBFF\"", JSON_EESCAPE, 15),
+    BAD("\"\\x\"", JTOK_EESCAPE, 1),
+    BAD("\"\\U0041\"", JTOK_EESCAPE, 1),
+    BAD("\"\\u00G0\"", JTOK_EESCAPE, 1),
+    BAD("\"\\u 123\"", JTOK_EESCAPE, 1),
+    BAD("\"a\\'\"", JTOK_EESCAPE, 2),
+    BAD("\"\\0\"", JTOK_EESCAPE, 1),
+    BAD("\"\\\n\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uDC00\"", JTOK_EESCAPE, 1),             /* lone low surrogate */
+    BAD("\"\\uDFFF\\uD800\"", JTOK_EESCAPE, 1),      /* pair in the wrong order */
+    BAD("\"\\uD800\"", JTOK_EESCAPE, 1),             /* lone high surrogate */
+    BAD("\"\\uD800x\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uD800\\n\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uD800\\uD800\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uD800\\u0041\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uD800\\uE000\"", JTOK_EESCAPE, 1),
+    BAD("\"\\uD800\\uDC0G\"", JTOK_EESCAPE, 7),
+    BAD("\"ok\\uDBFF\\uDFFF\\uDBFF\"", JTOK_EESCAPE, 15),
     /* UTF-8 */
-    BAD("\"\x80\"", JSON_EUTF8, 1),                  /* stray continuation */
-    BAD("\"\xBF\"", JSON_EUTF8, 1),
-    BAD("\"\xC0\x80\"", JSON_EUTF8, 1),              /* overlong NUL */
-    BAD("\"\xC1\xBF\"", JSON_EUTF8, 1),              /* overlong U+007F */
-    BAD("\"\xE0\x80\xAF\"", JSON_EUTF8, 1),          /* overlong '/' */
-    BAD("\"\xE0\x9F\xBF\"", JSON_EUTF8, 1),          /* overlong U+07FF */
-    BAD("\"\xED\xA0\x80\"", JSON_EUTF8, 1),          /* U+D800 */
-    BAD("\"\xED\xBF\xBF\"", JSON_EUTF8, 1),          /* U+DFFF */
-    BAD("\"\xED\xA0\xBD\xED\xB8\x80\"", JSON_EUTF8, 1), /* CESU-8 pair */
-    BAD("\"\xF0\x80\x80\x80\"", JSON_EUTF8, 1),      /* overlong 4-byte */
-    BAD("\"\xF0\x8F\xBF\xBF\"", JSON_EUTF8, 1),      /* overlong U+FFFF */
-    BAD("\"\xF4\x90\x80\x80\"", JSON_EUTF8, 1),      /* U+110000 */
-    BAD("\"\xF5\x80\x80\x80\"", JSON_EUTF8, 1),
-    BAD("\"\xF8\x88\x80\x80\x80\"", JSON_EUTF8, 1),  /* 5-byte form */
-    BAD("\"\xFC\x84\x80\x80\x80\x80\"", JSON_EUTF8, 1),
-    BAD("\"\xFE\"", JSON_EUTF8, 1),
-    BAD("\"\xFF\"", JSON_EUTF8, 1),
-    BAD("\"\xC3\x28\"", JSON_EUTF8, 1),              /* bad continuation */
-    BAD("\"\xC3\"\"", JSON_EUTF8, 1),                /* the quote is not a continuation */
-    BAD("\"\xE2\x82\"", JSON_EUTF8, 1),
-    BAD("\"\xE2\x28\xA1\"", JSON_EUTF8, 1),
-    BAD("\"\xF0\x9F\x98\x28\"", JSON_EUTF8, 1),
-    BAD("\"\xC3\xA9\xC3\"", JSON_EUTF8, 3),
-    BAD("\"abcdefgh\x80\"", JSON_EUTF8, 9),          /* after the 4-byte fast scan */
-    BAD("{\"k\xFF\":1}", JSON_EUTF8, 3),
+    BAD("\"\x80\"", JTOK_EUTF8, 1),                  /* stray continuation */
+    BAD("\"\xBF\"", JTOK_EUTF8, 1),
+    BAD("\"\xC0\x80\"", JTOK_EUTF8, 1),              /* overlong NUL */
+    BAD("\"\xC1\xBF\"", JTOK_EUTF8, 1),              /* overlong U+007F */
+    BAD("\"\xE0\x80\xAF\"", JTOK_EUTF8, 1),          /* overlong '/' */
+    BAD("\"\xE0\x9F\xBF\"", JTOK_EUTF8, 1),          /* overlong U+07FF */
+    BAD("\"\xED\xA0\x80\"", JTOK_EUTF8, 1),          /* U+D800 */
+    BAD("\"\xED\xBF\xBF\"", JTOK_EUTF8, 1),          /* U+DFFF */
+    BAD("\"\xED\xA0\xBD\xED\xB8\x80\"", JTOK_EUTF8, 1), /* CESU-8 pair */
+    BAD("\"\xF0\x80\x80\x80\"", JTOK_EUTF8, 1),      /* overlong 4-byte */
+    BAD("\"\xF0\x8F\xBF\xBF\"", JTOK_EUTF8, 1),      /* overlong U+FFFF */
+    BAD("\"\xF4\x90\x80\x80\"", JTOK_EUTF8, 1),      /* U+110000 */
+    BAD("\"\xF5\x80\x80\x80\"", JTOK_EUTF8, 1),
+    BAD("\"\xF8\x88\x80\x80\x80\"", JTOK_EUTF8, 1),  /* 5-byte form */
+    BAD("\"\xFC\x84\x80\x80\x80\x80\"", JTOK_EUTF8, 1),
+    BAD("\"\xFE\"", JTOK_EUTF8, 1),
+    BAD("\"\xFF\"", JTOK_EUTF8, 1),
+    BAD("\"\xC3\x28\"", JTOK_EUTF8, 1),              /* bad continuation */
+    BAD("\"\xC3\"\"", JTOK_EUTF8, 1),                /* the quote is not a continuation */
+    BAD("\"\xE2\x82\"", JTOK_EUTF8, 1),
+    BAD("\"\xE2\x28\xA1\"", JTOK_EUTF8, 1),
+    BAD("\"\xF0\x9F\x98\x28\"", JTOK_EUTF8, 1),
+    BAD("\"\xC3\xA9\xC3\"", JTOK_EUTF8, 3),
+    BAD("\"abcdefgh\x80\"", JTOK_EUTF8, 9),          /* after the 4-byte fast scan */
+    BAD("{\"k\xFF\":1}", JTOK_EUTF8, 3),
 };
 
 /* The depth limit, at and beyond, on generated inputs. */
@@ -352,45 +352,45 @@ typedef struct {
 } depth_case_t;
 
 static const depth_case_t depth_cases[] = {
-    { 1, false, 1, JSON_OK, 0 },
-    { 2, false, 1, JSON_EDEPTH, 1 },
-    { 1, false, 0, JSON_EDEPTH, 0 },
-    { 64, false, 64, JSON_OK, 0 },
-    { 65, false, 64, JSON_EDEPTH, 64 },
-    { 64, true, 64, JSON_OK, 0 },
-    { 65, true, 64, JSON_EDEPTH, 64 * 5 }, /* {"a": is 5 bytes */
-    { 1024, false, JSON_DEPTH_MAX, JSON_OK, 0 },
-    { 1025, false, JSON_DEPTH_MAX, JSON_EDEPTH, 1024 },
-    { 1024, false, 100000, JSON_OK, 0 }, /* clamped */
-    { 1025, false, 100000, JSON_EDEPTH, 1024 },
-    { 1024, true, UINT32_MAX, JSON_OK, 0 },
-    { 1025, true, UINT32_MAX, JSON_EDEPTH, 1024 * 5 },
-    { 200, false, 199, JSON_EDEPTH, 199 },
-    { 129, true, 129, JSON_OK, 0 }, /* crosses a 64-level word of the level bits */
+    { 1, false, 1, JTOK_OK, 0 },
+    { 2, false, 1, JTOK_EDEPTH, 1 },
+    { 1, false, 0, JTOK_EDEPTH, 0 },
+    { 64, false, 64, JTOK_OK, 0 },
+    { 65, false, 64, JTOK_EDEPTH, 64 },
+    { 64, true, 64, JTOK_OK, 0 },
+    { 65, true, 64, JTOK_EDEPTH, 64 * 5 }, /* {"a": is 5 bytes */
+    { 1024, false, JTOK_DEPTH_MAX, JTOK_OK, 0 },
+    { 1025, false, JTOK_DEPTH_MAX, JTOK_EDEPTH, 1024 },
+    { 1024, false, 100000, JTOK_OK, 0 }, /* clamped */
+    { 1025, false, 100000, JTOK_EDEPTH, 1024 },
+    { 1024, true, UINT32_MAX, JTOK_OK, 0 },
+    { 1025, true, UINT32_MAX, JTOK_EDEPTH, 1024 * 5 },
+    { 200, false, 199, JTOK_EDEPTH, 199 },
+    { 129, true, 129, JTOK_OK, 0 }, /* crosses a 64-level word of the level bits */
 };
 
-static int parse_and_check_modes(const char *in, size_t len, unsigned depth, json_tok_t **toks_out,
-                                 json_err_t *err)
+static int parse_and_check_modes(const char *in, size_t len, unsigned depth, jtok_t **toks_out,
+                                 jtok_err_t *err)
 {
     /* count-only first: it must agree with the real parse on result and error */
-    json_err_t cerr = { -1, 0 };
-    int count = json_parse(in, len, NULL, 0, depth, &cerr);
+    jtok_err_t cerr = { -1, 0 };
+    int count = jtok_parse(in, len, NULL, 0, depth, &cerr);
     size_t cap = len + 1;
-    json_tok_t *toks = calloc(cap, sizeof *toks);
+    jtok_t *toks = calloc(cap, sizeof *toks);
     assert_non_null(toks);
-    int n = json_parse(in, len, toks, cap, depth, err);
+    int n = jtok_parse(in, len, toks, cap, depth, err);
     assert_int_equal(n, count);
     assert_int_equal(err->code, cerr.code);
     assert_int_equal(err->offset, cerr.offset);
     if (n > 0) {
-        /* exact capacity is enough; one less is JSON_ETOKENS */
-        json_err_t e2;
-        json_tok_t *exact = calloc((size_t)n, sizeof *exact);
+        /* exact capacity is enough; one less is JTOK_ETOKENS */
+        jtok_err_t e2;
+        jtok_t *exact = calloc((size_t)n, sizeof *exact);
         assert_non_null(exact);
-        assert_int_equal(json_parse(in, len, exact, (size_t)n, depth, &e2), n);
+        assert_int_equal(jtok_parse(in, len, exact, (size_t)n, depth, &e2), n);
         assert_memory_equal(exact, toks, (size_t)n * sizeof *exact);
-        assert_int_equal(json_parse(in, len, exact, (size_t)n - 1, depth, &e2), -1);
-        assert_int_equal(e2.code, JSON_ETOKENS);
+        assert_int_equal(jtok_parse(in, len, exact, (size_t)n - 1, depth, &e2), -1);
+        assert_int_equal(e2.code, JTOK_ETOKENS);
         free(exact);
     }
     *toks_out = toks;
@@ -404,26 +404,26 @@ static void test_parse_table(void **state)
     char got[4096];
     for (size_t i = 0; i < sizeof parse_cases / sizeof parse_cases[0]; i++) {
         const parse_case_t *c = &parse_cases[i];
-        json_tok_t *toks;
-        json_err_t err;
+        jtok_t *toks;
+        jtok_err_t err;
         unsigned depth = c->depth;
-        if (c->code == JSON_EDEPTH)
+        if (c->code == JTOK_EDEPTH)
             depth = 3;
         int n = parse_and_check_modes(c->in, c->len, depth, &toks, &err);
-        if (c->code != JSON_OK) {
+        if (c->code != JTOK_OK) {
             if (n != -1 || err.code != c->code || err.offset != c->off) {
                 print_error("row %zu: parse(\"%.*s\"): n %d, %s at %zu; want %s at %zu\n", i, (int)c->len, c->in,
-                            n, json_strerror(err.code), err.offset, json_strerror(c->code), c->off);
+                            n, jtok_strerror(err.code), err.offset, jtok_strerror(c->code), c->off);
                 failures++;
             }
         } else if (n < 0) {
             print_error("row %zu: parse(\"%.*s\") failed: %s at %zu\n", i, (int)c->len, c->in,
-                        json_strerror(err.code), err.offset);
+                        jtok_strerror(err.code), err.offset);
             failures++;
         } else {
             dump(c->in, toks, n, got, sizeof got);
             const char *why = check_invariants(c->in, c->len, toks, n);
-            if (strcmp(got, c->dump) != 0 || why || err.code != JSON_OK) {
+            if (strcmp(got, c->dump) != 0 || why || err.code != JTOK_OK) {
                 print_error("row %zu: parse(\"%.*s\") gives \"%s\", want \"%s\" (%s)\n", i, (int)c->len, c->in,
                             got, c->dump, why ? why : "invariants ok");
                 failures++;
@@ -449,17 +449,17 @@ static void test_parse_depth(void **state)
         *p++ = '0';
         for (unsigned k = 0; k < c->levels; k++)
             *p++ = c->objects ? '}' : ']';
-        json_tok_t *toks;
-        json_err_t err;
+        jtok_t *toks;
+        jtok_err_t err;
         int n = parse_and_check_modes(s, (size_t)(p - s), c->max_depth, &toks, &err);
-        if (c->code == JSON_OK) {
+        if (c->code == JTOK_OK) {
             assert_int_equal(n, (int)(c->levels * (c->objects ? 2 : 1) + 1));
             assert_null(check_invariants(s, (size_t)(p - s), toks, n));
             assert_int_equal(toks[0].next, n);
             assert_int_equal(toks[0].len, p - s);
         } else {
             if (n != -1 || err.code != c->code || err.offset != c->off)
-                fail_msg("depth row %zu: n %d %s at %zu", i, n, json_strerror(err.code), err.offset);
+                fail_msg("depth row %zu: n %d %s at %zu", i, n, jtok_strerror(err.code), err.offset);
         }
         free(toks);
         free(s);
@@ -472,11 +472,11 @@ static void test_parse_ascii_in_string(void **state)
     (void)state;
     for (int c = 0; c < 0x80; c++) {
         char s[3] = { '"', (char)c, '"' };
-        json_err_t err;
-        int n = json_parse(s, 3, NULL, 0, 8, &err);
-        int want = c < 0x20 ? JSON_ECTRL : c == '"' ? JSON_ETRAILING : c == '\\' ? JSON_ETRUNC : JSON_OK;
-        if ((want == JSON_OK) != (n == 1) || err.code != want)
-            fail_msg("byte 0x%02x: %s, want %s", c, json_strerror(err.code), json_strerror(want));
+        jtok_err_t err;
+        int n = jtok_parse(s, 3, NULL, 0, 8, &err);
+        int want = c < 0x20 ? JTOK_ECTRL : c == '"' ? JTOK_ETRAILING : c == '\\' ? JTOK_ETRUNC : JTOK_OK;
+        if ((want == JTOK_OK) != (n == 1) || err.code != want)
+            fail_msg("byte 0x%02x: %s, want %s", c, jtok_strerror(err.code), jtok_strerror(want));
     }
 }
 
@@ -488,14 +488,14 @@ static void test_parse_hex_digits(void **state)
         for (int c = 0; c < 256; c++) {
             char s[] = "\"\\u0041\"";
             s[3 + pos] = (char)c;
-            json_err_t err;
-            int n = json_parse(s, sizeof s - 1, NULL, 0, 8, &err);
+            jtok_err_t err;
+            int n = jtok_parse(s, sizeof s - 1, NULL, 0, 8, &err);
             bool hex = (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
             if (hex) { /* \uD041 etc. are not surrogates */
                 assert_int_equal(n, 1);
             } else {
                 assert_int_equal(n, -1);
-                assert_int_equal(err.code, JSON_EESCAPE);
+                assert_int_equal(err.code, JTOK_EESCAPE);
                 assert_int_equal(err.offset, 1);
             }
         }
@@ -550,50 +550,50 @@ static void test_parse_utf8_exhaustive(void **state)
             for (size_t t2 = 0; t2 < nt; t2++)
                 for (size_t t3 = 0; t3 < nt; t3++) {
                     unsigned char s[6] = { '"', (unsigned char)b0, (unsigned char)b1, tail[t2], tail[t3], '"' };
-                    json_err_t err;
-                    int n = json_parse((const char *)s, sizeof s, NULL, 0, 8, &err);
+                    jtok_err_t err;
+                    int n = jtok_parse((const char *)s, sizeof s, NULL, 0, 8, &err);
                     bool ok = ref_utf8_ok(s + 1, 4);
                     /* the closing quote ends every sequence, so a bad one is never ETRUNC */
-                    if (ok != (n == 1) || (!ok && err.code != JSON_EUTF8))
+                    if (ok != (n == 1) || (!ok && err.code != JTOK_EUTF8))
                         fail_msg("%02x %02x %02x %02x: parse %d (%s), reference %d", b0, b1, tail[t2], tail[t3],
-                                 n, json_strerror(err.code), ok);
+                                 n, jtok_strerror(err.code), ok);
                 }
 }
 
 static void test_parse_degenerate(void **state)
 {
     (void)state;
-    json_err_t err = { -1, 0 };
-    json_tok_t toks[4];
+    jtok_err_t err = { -1, 0 };
+    jtok_t toks[4];
     /* longer than 4 GiB - 1: refused before a byte is read */
-    assert_int_equal(json_parse("1", (size_t)UINT32_MAX + 1, toks, 4, 8, &err), -1);
-    assert_int_equal(err.code, JSON_ETOOBIG);
-    assert_int_equal(json_parse("1", (size_t)UINT32_MAX + 1, NULL, 0, 8, &err), -1);
-    assert_int_equal(err.code, JSON_ETOOBIG);
+    assert_int_equal(jtok_parse("1", (size_t)UINT32_MAX + 1, toks, 4, 8, &err), -1);
+    assert_int_equal(err.code, JTOK_ETOOBIG);
+    assert_int_equal(jtok_parse("1", (size_t)UINT32_MAX + 1, NULL, 0, 8, &err), -1);
+    assert_int_equal(err.code, JTOK_ETOOBIG);
     /* NULL buffer with length 0 */
-    assert_int_equal(json_parse(NULL, 0, toks, 4, 8, &err), -1);
-    assert_int_equal(err.code, JSON_EEMPTY);
+    assert_int_equal(jtok_parse(NULL, 0, toks, 4, 8, &err), -1);
+    assert_int_equal(err.code, JTOK_EEMPTY);
     /* err may be NULL */
-    assert_int_equal(json_parse("[1]", 3, toks, 4, 8, NULL), 2);
-    assert_int_equal(json_parse("[1", 2, toks, 4, 8, NULL), -1);
+    assert_int_equal(jtok_parse("[1]", 3, toks, 4, 8, NULL), 2);
+    assert_int_equal(jtok_parse("[1", 2, toks, 4, 8, NULL), -1);
     /* cap 0 with an array is too few tokens; error at the first token */
-    assert_int_equal(json_parse(" [1]", 4, toks, 0, 8, &err), -1);
-    assert_int_equal(err.code, JSON_ETOKENS);
+    assert_int_equal(jtok_parse(" [1]", 4, toks, 0, 8, &err), -1);
+    assert_int_equal(err.code, JTOK_ETOKENS);
     assert_int_equal(err.offset, 1);
-    assert_int_equal(json_parse("[1,2,3]", 7, toks, 3, 8, &err), -1);
-    assert_int_equal(err.code, JSON_ETOKENS);
+    assert_int_equal(jtok_parse("[1,2,3]", 7, toks, 3, 8, &err), -1);
+    assert_int_equal(err.code, JTOK_ETOKENS);
     assert_int_equal(err.offset, 5);
     /* success clears err */
-    assert_int_equal(json_parse("{\"a\":[true]}", 12, toks, 4, 8, &err), 4);
-    assert_int_equal(err.code, JSON_OK);
+    assert_int_equal(jtok_parse("{\"a\":[true]}", 12, toks, 4, 8, &err), 4);
+    assert_int_equal(err.code, JTOK_OK);
     /* strerror covers every code and never returns NULL */
-    for (int c = -1; c <= JSON_ECOUNT_; c++)
-        assert_non_null(json_strerror(c));
-    assert_string_equal(json_strerror(JSON_EUTF8), "invalid UTF-8");
-    assert_string_equal(json_strerror(1000), "unknown error");
+    for (int c = -1; c <= JTOK_ECOUNT_; c++)
+        assert_non_null(jtok_strerror(c));
+    assert_string_equal(jtok_strerror(JTOK_EUTF8), "invalid UTF-8");
+    assert_string_equal(jtok_strerror(1000), "unknown error");
 }
 
-/* ---- json_str_decode / json_str_eq -------------------------------------- */
+/* ---- jtok_str_decode / jtok_str_eq -------------------------------------- */
 
 typedef struct {
     const char *json; /* a JSON string value */
@@ -628,27 +628,27 @@ static void test_str_decode_table(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof decode_cases / sizeof decode_cases[0]; i++) {
         const decode_case_t *c = &decode_cases[i];
-        json_tok_t t;
-        assert_int_equal(json_parse(c->json, c->jlen, &t, 1, 1, NULL), 1);
-        assert_int_equal(t.type, JSON_STRING);
+        jtok_t t;
+        assert_int_equal(jtok_parse(c->json, c->jlen, &t, 1, 1, NULL), 1);
+        assert_int_equal(t.type, JTOK_STRING);
         assert_true(c->wlen <= t.len); /* the documented bound */
         char out[256];
         memset(out, 'x', sizeof out);
-        ssize_t n = json_str_decode(c->json, &t, out, t.len + 1);
+        ssize_t n = jtok_str_decode(c->json, &t, out, t.len + 1);
         if (n != (ssize_t)c->wlen || memcmp(out, c->want, c->wlen) != 0 || out[n] != '\0')
             fail_msg("row %zu: decode(%s) = %zd", i, c->json, n);
         /* exact capacity; one less; none */
-        assert_int_equal(json_str_decode(c->json, &t, out, c->wlen + 1), (ssize_t)c->wlen);
+        assert_int_equal(jtok_str_decode(c->json, &t, out, c->wlen + 1), (ssize_t)c->wlen);
         errno = 0;
         memset(out, 'x', sizeof out);
-        assert_int_equal(json_str_decode(c->json, &t, out, c->wlen), -1);
+        assert_int_equal(jtok_str_decode(c->json, &t, out, c->wlen), -1);
         assert_int_equal(errno, ERANGE);
         if (c->wlen > 0)
             assert_int_equal(out[0], '\0');
-        assert_int_equal(json_str_decode(c->json, &t, NULL, 0), -1);
-        /* json_str_eq agrees when the decoded text has no NUL */
+        assert_int_equal(jtok_str_decode(c->json, &t, NULL, 0), -1);
+        /* jtok_str_eq agrees when the decoded text has no NUL */
         if (memchr(c->want, '\0', c->wlen) == NULL)
-            assert_true(json_str_eq(c->json, &t, c->want));
+            assert_true(jtok_str_eq(c->json, &t, c->want));
     }
 }
 
@@ -690,14 +690,14 @@ static void test_str_eq_table(void **state)
     (void)state;
     for (size_t i = 0; i < sizeof eq_cases / sizeof eq_cases[0]; i++) {
         const eq_case_t *c = &eq_cases[i];
-        json_tok_t t;
-        assert_int_equal(json_parse(c->json, strlen(c->json), &t, 1, 1, NULL), 1);
-        if (json_str_eq(c->json, &t, c->s) != c->want)
+        jtok_t t;
+        assert_int_equal(jtok_parse(c->json, strlen(c->json), &t, 1, 1, NULL), 1);
+        if (jtok_str_eq(c->json, &t, c->s) != c->want)
             fail_msg("row %zu: eq(%s, \"%s\") != %d", i, c->json, c->s, c->want);
     }
 }
 
-/* ---- json_obj_get and next ---------------------------------------------- */
+/* ---- jtok_obj_get and next ---------------------------------------------- */
 
 static const char obj_doc[] =
     "{\"model\":\"gpt-4o\",\"usage\":{\"prompt_tokens\":10,\"details\":{\"cached_tokens\":3,\"deep\":[[1],[2]]},"
@@ -737,8 +737,8 @@ static const get_case_t get_cases[] = {
 static void test_obj_get_table(void **state)
 {
     (void)state;
-    json_tok_t toks[64];
-    int n = json_parse(obj_doc, sizeof obj_doc - 1, toks, 64, 8, NULL);
+    jtok_t toks[64];
+    int n = jtok_parse(obj_doc, sizeof obj_doc - 1, toks, 64, 8, NULL);
     assert_true(n > 0);
     for (size_t i = 0; i < sizeof get_cases / sizeof get_cases[0]; i++) {
         const get_case_t *c = &get_cases[i];
@@ -750,7 +750,7 @@ static void test_obj_get_table(void **state)
             char *slash = strchr(rest, '/');
             if (slash)
                 *slash = '\0';
-            at = json_obj_get(obj_doc, toks, at, rest);
+            at = jtok_obj_get(obj_doc, toks, at, rest);
             if (at < 0 || !slash)
                 break;
             rest = slash + 1;
@@ -762,7 +762,7 @@ static void test_obj_get_table(void **state)
         }
         if (at < 0)
             fail_msg("row %zu: %s not found", i, c->path);
-        span_t sp = json_tok_span(obj_doc, &toks[at]);
+        span_t sp = jtok_span(obj_doc, &toks[at]);
         if (!span_eq_cstr(sp, c->want))
             fail_msg("row %zu: %s = %.*s, want %s", i, c->path, (int)sp.len, sp.p, c->want);
     }
@@ -772,8 +772,8 @@ static void test_obj_get_table(void **state)
 static void test_next_skips_subtrees(void **state)
 {
     (void)state;
-    json_tok_t toks[64];
-    int n = json_parse(obj_doc, sizeof obj_doc - 1, toks, 64, 8, NULL);
+    jtok_t toks[64];
+    int n = jtok_parse(obj_doc, sizeof obj_doc - 1, toks, 64, 8, NULL);
     assert_true(n > 0);
     assert_null(check_invariants(obj_doc, sizeof obj_doc - 1, toks, n));
     char keys[256] = "";
@@ -787,19 +787,19 @@ static void test_next_skips_subtrees(void **state)
     assert_int_equal(k, (uint32_t)n);
     assert_int_equal(toks[0].next, (uint32_t)n);
     /* the array's elements */
-    int arr = json_obj_get(obj_doc, toks, 0, "arr");
+    int arr = jtok_obj_get(obj_doc, toks, 0, "arr");
     assert_int_equal(toks[arr].size, 2);
     uint32_t e = (uint32_t)arr + 1;
     for (int v = 1; v <= 2; v++) {
-        assert_int_equal(toks[e].type, JSON_OBJECT);
-        int kv = json_obj_get(obj_doc, toks, (int)e, "k");
+        assert_int_equal(toks[e].type, JTOK_OBJECT);
+        int kv = jtok_obj_get(obj_doc, toks, (int)e, "k");
         assert_true(kv > 0);
-        assert_true(span_eq_cstr(json_tok_span(obj_doc, &toks[kv]), v == 1 ? "1" : "2"));
+        assert_true(span_eq_cstr(jtok_span(obj_doc, &toks[kv]), v == 1 ? "1" : "2"));
         e = toks[e].next;
     }
     assert_int_equal(e, toks[arr].next);
     /* a non-object token */
-    assert_int_equal(json_obj_get(obj_doc, toks, arr, "k"), -1);
+    assert_int_equal(jtok_obj_get(obj_doc, toks, arr, "k"), -1);
 }
 
 /* ---- real data: the price table ----------------------------------------- */
@@ -827,10 +827,10 @@ static char *slurp(const char *path, size_t *len)
     return buf;
 }
 
-static bool is_rate_key(const char *buf, const json_tok_t *t)
+static bool is_rate_key(const char *buf, const jtok_t *t)
 {
     char key[256];
-    if (t->len >= sizeof key || json_str_decode(buf, t, key, sizeof key) < 0)
+    if (t->len >= sizeof key || jtok_str_decode(buf, t, key, sizeof key) < 0)
         return false;
     return strstr(key, "cost_per_token") || strstr(key, "token_cost");
 }
@@ -843,27 +843,27 @@ static void test_real_price_table(void **state)
     if (!buf)
         fail_msg("cannot read the price table %s: %s (set TOKMON_PRICES or pass it as argv[2])", prices_path,
                  strerror(errno));
-    json_err_t err;
-    int count = json_parse(buf, len, NULL, 0, 32, &err);
+    jtok_err_t err;
+    int count = jtok_parse(buf, len, NULL, 0, 32, &err);
     if (count < 0)
-        fail_msg("%s: %s at byte %zu", prices_path, json_strerror(err.code), err.offset);
-    json_tok_t *toks = malloc((size_t)count * sizeof *toks);
+        fail_msg("%s: %s at byte %zu", prices_path, jtok_strerror(err.code), err.offset);
+    jtok_t *toks = malloc((size_t)count * sizeof *toks);
     assert_non_null(toks);
-    assert_int_equal(json_parse(buf, len, toks, (size_t)count, 32, &err), count);
+    assert_int_equal(jtok_parse(buf, len, toks, (size_t)count, 32, &err), count);
     assert_null(check_invariants(buf, len, toks, count));
-    assert_int_equal(toks[0].type, JSON_OBJECT);
+    assert_int_equal(toks[0].type, JTOK_OBJECT);
     assert_true(toks[0].size > 2000);
 
     /* every rate, at every depth, read exactly at 1e-24 USD per token */
     int rates = 0, not_numbers = 0, failures = 0;
     for (int i = 0; i < count; i++) {
-        if (toks[i].type != JSON_OBJECT)
+        if (toks[i].type != JTOK_OBJECT)
             continue;
         uint32_t k = (uint32_t)i + 1;
         for (uint32_t pair = 0; pair < toks[i].size; pair++) {
-            const json_tok_t *v = &toks[k + 1];
+            const jtok_t *v = &toks[k + 1];
             if (is_rate_key(buf, &toks[k])) {
-                if (v->type != JSON_NUMBER) {
+                if (v->type != JTOK_NUMBER) {
                     not_numbers++;
                 } else {
                     __int128 units;
@@ -884,14 +884,14 @@ static void test_real_price_table(void **state)
     assert_true(rates > 5000);
 
     /* a few known values */
-    int m = json_obj_get(buf, toks, 0, "gpt-4o");
+    int m = jtok_obj_get(buf, toks, 0, "gpt-4o");
     assert_true(m > 0);
-    int r = json_obj_get(buf, toks, m, "input_cost_per_token");
+    int r = jtok_obj_get(buf, toks, m, "input_cost_per_token");
     assert_true(r > 0);
     __int128 units = 0;
     assert_int_equal(dec_parse(buf + toks[r].start, toks[r].len, 24, DEC_EXACT, &units), 0);
     assert_true(units == (__int128)2500000000000000000);
-    assert_true(json_str_eq(buf, &toks[json_obj_get(buf, toks, m, "litellm_provider")], "openai"));
+    assert_true(jtok_str_eq(buf, &toks[jtok_obj_get(buf, toks, m, "litellm_provider")], "openai"));
     /* the worst rate in the table: 23 decimal places */
     const char *worst = "3.0001999999999996e-07";
     char *hit = strstr(buf, worst);
@@ -924,7 +924,7 @@ int main(int argc, char **argv)
     if (repo && *repo) {
         snprintf(def, sizeof def, "%s/data/model_prices.json", repo);
     } else {
-        const char *me = __FILE__, *tail = strstr(me, "common/json_test.c");
+        const char *me = __FILE__, *tail = strstr(me, "common/jtok_test.c");
         snprintf(def, sizeof def, "%.*sdata/model_prices.json", tail ? (int)(tail - me) : 0, me);
     }
     prices_path = def;

@@ -1,4 +1,4 @@
-#include "json.h"
+#include "jtok.h"
 
 #include <assert.h>
 #include <errno.h>
@@ -52,24 +52,24 @@ static const unsigned char hex_val[256] = {
     X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF), X16(0xFF),
 };
 
-static const char *const errstr[JSON_ECOUNT_] = {
-    [JSON_OK] = "ok",
-    [JSON_EEMPTY] = "empty input",
-    [JSON_ESYNTAX] = "syntax error",
-    [JSON_ETRUNC] = "unexpected end of input",
-    [JSON_ETRAILING] = "trailing data after value",
-    [JSON_ENUMBER] = "invalid number",
-    [JSON_ECTRL] = "control character in string",
-    [JSON_EESCAPE] = "invalid escape",
-    [JSON_EUTF8] = "invalid UTF-8",
-    [JSON_EDEPTH] = "nesting too deep",
-    [JSON_ETOKENS] = "too many tokens",
-    [JSON_ETOOBIG] = "input too large",
+static const char *const errstr[JTOK_ECOUNT_] = {
+    [JTOK_OK] = "ok",
+    [JTOK_EEMPTY] = "empty input",
+    [JTOK_ESYNTAX] = "syntax error",
+    [JTOK_ETRUNC] = "unexpected end of input",
+    [JTOK_ETRAILING] = "trailing data after value",
+    [JTOK_ENUMBER] = "invalid number",
+    [JTOK_ECTRL] = "control character in string",
+    [JTOK_EESCAPE] = "invalid escape",
+    [JTOK_EUTF8] = "invalid UTF-8",
+    [JTOK_EDEPTH] = "nesting too deep",
+    [JTOK_ETOKENS] = "too many tokens",
+    [JTOK_ETOOBIG] = "input too large",
 };
 
-const char *json_strerror(int code)
+const char *jtok_strerror(int code)
 {
-    if (code < 0 || code >= JSON_ECOUNT_)
+    if (code < 0 || code >= JTOK_ECOUNT_)
         return "unknown error";
     return errstr[code];
 }
@@ -78,12 +78,12 @@ typedef struct {
     const unsigned char *s;
     uint32_t len;
     uint32_t pos;
-    json_tok_t *toks;
+    jtok_t *toks;
     uint32_t n;     /* tokens so far */
     uint32_t limit; /* most tokens allowed */
     uint32_t cur;   /* innermost open container (real mode), NO_PARENT at top */
     unsigned depth, max_depth;
-    uint64_t is_obj[JSON_DEPTH_MAX / 64]; /* bit per open level: object (1) or array (0) */
+    uint64_t is_obj[JTOK_DEPTH_MAX / 64]; /* bit per open level: object (1) or array (0) */
     int code;
     uint32_t off;
 } parser_t;
@@ -123,14 +123,14 @@ static inline int utf8_seq(parser_t *p, uint32_t i, unsigned cls)
     case C_U4_F0: n = 4; lo = 0x90; break;
     case C_U4: n = 4; break;
     case C_U4_F4: n = 4; hi = 0x8F; break;
-    default: return fail(p, JSON_EUTF8, i);
+    default: return fail(p, JTOK_EUTF8, i);
     }
     for (uint32_t k = 1; k < (uint32_t)n; k++) {
         if (k >= p->len - i) /* i + k >= len, without wrapping near 4 GiB */
-            return fail(p, JSON_ETRUNC, p->len);
+            return fail(p, JTOK_ETRUNC, p->len);
         unsigned char c = p->s[i + k];
         if (c < lo || c > hi)
-            return fail(p, JSON_EUTF8, i);
+            return fail(p, JTOK_EUTF8, i);
         lo = 0x80;
         hi = 0xBF;
     }
@@ -143,10 +143,10 @@ static inline int32_t hex4(parser_t *p, uint32_t i, uint32_t esc)
     int32_t v = 0;
     for (uint32_t k = 0; k < 4; k++) {
         if (k >= p->len - i) /* i <= len here */
-            return fail(p, JSON_ETRUNC, p->len);
+            return fail(p, JTOK_ETRUNC, p->len);
         unsigned char h = hex_val[p->s[i + k]];
         if (h == 0xFF)
-            return fail(p, JSON_EESCAPE, esc);
+            return fail(p, JTOK_EESCAPE, esc);
         v = v << 4 | h;
     }
     return v;
@@ -156,33 +156,33 @@ static inline int32_t hex4(parser_t *p, uint32_t i, uint32_t esc)
 static int escape(parser_t *p, uint32_t i)
 {
     if (i + 1 >= p->len)
-        return fail(p, JSON_ETRUNC, p->len);
+        return fail(p, JTOK_ETRUNC, p->len);
     switch (p->s[i + 1]) {
     case '"': case '\\': case '/': case 'b': case 'f': case 'n': case 'r': case 't':
         return 2;
     case 'u':
         break;
     default:
-        return fail(p, JSON_EESCAPE, i);
+        return fail(p, JTOK_EESCAPE, i);
     }
     int32_t u = hex4(p, i + 2, i);
     if (u < 0)
         return -1;
     if (u >= 0xDC00 && u <= 0xDFFF)
-        return fail(p, JSON_EESCAPE, i); /* low surrogate first */
+        return fail(p, JTOK_EESCAPE, i); /* low surrogate first */
     if (u < 0xD800 || u > 0xDBFF)
         return 6;
     /* A high surrogate must be followed at once by an escaped low one. */
     uint32_t j = i + 6;
     if (j >= p->len || (p->s[j] == '\\' && j + 1 >= p->len))
-        return fail(p, JSON_ETRUNC, p->len);
+        return fail(p, JTOK_ETRUNC, p->len);
     if (p->s[j] != '\\' || p->s[j + 1] != 'u')
-        return fail(p, JSON_EESCAPE, i);
+        return fail(p, JTOK_EESCAPE, i);
     int32_t l = hex4(p, j + 2, j);
     if (l < 0)
         return -1;
     if (l < 0xDC00 || l > 0xDFFF)
-        return fail(p, JSON_EESCAPE, i);
+        return fail(p, JTOK_EESCAPE, i);
     return 12;
 }
 
@@ -200,7 +200,7 @@ static inline int scan_string(parser_t *p, uint32_t *end, bool *escaped)
         while (i < len && str_class[s[i]] == C_PLAIN)
             i++;
         if (i >= len)
-            return fail(p, JSON_ETRUNC, len);
+            return fail(p, JTOK_ETRUNC, len);
         unsigned cls = str_class[s[i]];
         if (cls == C_QUOTE)
             break;
@@ -209,7 +209,7 @@ static inline int scan_string(parser_t *p, uint32_t *end, bool *escaped)
             esc = true;
             n = escape(p, i);
         } else if (cls == C_CTRL) {
-            return fail(p, JSON_ECTRL, i);
+            return fail(p, JTOK_ECTRL, i);
         } else {
             n = utf8_seq(p, i, cls);
         }
@@ -236,11 +236,11 @@ static inline int scan_number(parser_t *p)
         while (++i < len && is_digit(s[i]))
             ;
     } else {
-        return fail(p, JSON_ENUMBER, i);
+        return fail(p, JTOK_ENUMBER, i);
     }
     if (i < len && s[i] == '.') {
         if (++i >= len || !is_digit(s[i]))
-            return fail(p, JSON_ENUMBER, i);
+            return fail(p, JTOK_ENUMBER, i);
         while (++i < len && is_digit(s[i]))
             ;
     }
@@ -248,13 +248,13 @@ static inline int scan_number(parser_t *p)
         if (++i < len && (s[i] == '+' || s[i] == '-'))
             i++;
         if (i >= len || !is_digit(s[i]))
-            return fail(p, JSON_ENUMBER, i);
+            return fail(p, JTOK_ENUMBER, i);
         while (++i < len && is_digit(s[i]))
             ;
     }
     /* "01", "1.5.2", "1e5e", "0x1F", "1-2": the number must end at a delimiter. */
     if (i < len && (is_alnum(s[i]) || s[i] == '.' || s[i] == '+' || s[i] == '-'))
-        return fail(p, JSON_ENUMBER, i);
+        return fail(p, JTOK_ENUMBER, i);
     p->pos = i;
     return 0;
 }
@@ -264,25 +264,25 @@ static inline int scan_literal(parser_t *p, const char *word, uint32_t n)
     uint32_t avail = p->len - p->pos;
     if (avail < n) {
         if (memcmp(p->s + p->pos, word, avail) == 0)
-            return fail(p, JSON_ETRUNC, p->len);
+            return fail(p, JTOK_ETRUNC, p->len);
         n = avail;
     }
     for (uint32_t k = 0; k < n; k++)
         if (p->s[p->pos + k] != (unsigned char)word[k])
-            return fail(p, JSON_ESYNTAX, p->pos + k);
+            return fail(p, JTOK_ESYNTAX, p->pos + k);
     if (p->pos + n < p->len && is_alnum(p->s[p->pos + n]))
-        return fail(p, JSON_ESYNTAX, p->pos + n);
+        return fail(p, JTOK_ESYNTAX, p->pos + n);
     p->pos += n;
     return 0;
 }
 
 /* Appends a token; in counting mode (real == false) only counts it. */
-static inline int emit(parser_t *p, bool real, json_type_t type, uint32_t start, uint32_t len)
+static inline int emit(parser_t *p, bool real, jtok_type_t type, uint32_t start, uint32_t len)
 {
     if (p->n >= p->limit)
-        return fail(p, JSON_ETOKENS, start);
+        return fail(p, JTOK_ETOKENS, start);
     if (real)
-        p->toks[p->n] = (json_tok_t){ .type = type, .start = start, .len = len, .next = p->n + 1 };
+        p->toks[p->n] = (jtok_t){ .type = type, .start = start, .len = len, .next = p->n + 1 };
     p->n++;
     return 0;
 }
@@ -297,7 +297,7 @@ static inline bool level_is_obj(const parser_t *p)
 static inline void close_container(parser_t *p, bool real)
 {
     if (real) {
-        json_tok_t *t = &p->toks[p->cur];
+        jtok_t *t = &p->toks[p->cur];
         uint32_t parent = t->next; /* the parent link, kept here while open */
         t->next = p->n;
         t->len = p->pos + 1 - t->start;
@@ -318,11 +318,11 @@ static inline __attribute__((always_inline)) int parse(parser_t *p, const bool r
 
     skip_ws(p);
     if (p->pos == p->len)
-        return fail(p, JSON_EEMPTY, p->pos);
+        return fail(p, JTOK_EEMPTY, p->pos);
 
 value:
     if (p->pos >= p->len)
-        return fail(p, JSON_ETRUNC, p->len);
+        return fail(p, JTOK_ETRUNC, p->len);
     if (real && p->depth > 0 && !level_is_obj(p))
         p->toks[p->cur].size++;
     switch (s[p->pos]) {
@@ -330,8 +330,8 @@ value:
     case '[': {
         bool obj = s[p->pos] == '{';
         if (p->depth >= p->max_depth)
-            return fail(p, JSON_EDEPTH, p->pos);
-        if (emit(p, real, obj ? JSON_OBJECT : JSON_ARRAY, p->pos, 1) < 0)
+            return fail(p, JTOK_EDEPTH, p->pos);
+        if (emit(p, real, obj ? JTOK_OBJECT : JTOK_ARRAY, p->pos, 1) < 0)
             return -1;
         if (real) {
             p->toks[p->n - 1].next = p->cur;
@@ -345,7 +345,7 @@ value:
         p->pos++;
         skip_ws(p);
         if (p->pos >= p->len)
-            return fail(p, JSON_ETRUNC, p->len);
+            return fail(p, JTOK_ETRUNC, p->len);
         if (s[p->pos] == (obj ? '}' : ']')) {
             close_container(p, real);
             goto after;
@@ -356,7 +356,7 @@ value:
     }
     case '"': {
         uint32_t start = p->pos + 1;
-        if (scan_string(p, &end, &esc) < 0 || emit(p, real, JSON_STRING, start, end - start) < 0)
+        if (scan_string(p, &end, &esc) < 0 || emit(p, real, JTOK_STRING, start, end - start) < 0)
             return -1;
         if (real)
             p->toks[p->n - 1].escaped = esc;
@@ -367,47 +367,47 @@ value:
         uint32_t start = p->pos;
         if (scan_number(p) < 0)
             return -1;
-        if (emit(p, real, JSON_NUMBER, start, p->pos - start) < 0)
+        if (emit(p, real, JTOK_NUMBER, start, p->pos - start) < 0)
             return -1;
         goto after;
     }
     case 't':
-        if (scan_literal(p, "true", 4) < 0 || emit(p, real, JSON_TRUE, p->pos - 4, 4) < 0)
+        if (scan_literal(p, "true", 4) < 0 || emit(p, real, JTOK_TRUE, p->pos - 4, 4) < 0)
             return -1;
         goto after;
     case 'f':
-        if (scan_literal(p, "false", 5) < 0 || emit(p, real, JSON_FALSE, p->pos - 5, 5) < 0)
+        if (scan_literal(p, "false", 5) < 0 || emit(p, real, JTOK_FALSE, p->pos - 5, 5) < 0)
             return -1;
         goto after;
     case 'n':
-        if (scan_literal(p, "null", 4) < 0 || emit(p, real, JSON_NULL, p->pos - 4, 4) < 0)
+        if (scan_literal(p, "null", 4) < 0 || emit(p, real, JTOK_NULL, p->pos - 4, 4) < 0)
             return -1;
         goto after;
     case '+':
     case '.':
-        return fail(p, JSON_ENUMBER, p->pos);
+        return fail(p, JTOK_ENUMBER, p->pos);
     default:
-        return fail(p, JSON_ESYNTAX, p->pos);
+        return fail(p, JTOK_ESYNTAX, p->pos);
     }
 
 key:
     /* pos is at a non-whitespace byte inside an object */
     if (s[p->pos] != '"')
-        return fail(p, JSON_ESYNTAX, p->pos);
+        return fail(p, JTOK_ESYNTAX, p->pos);
     if (real)
         p->toks[p->cur].size++;
     {
         uint32_t start = p->pos + 1;
-        if (scan_string(p, &end, &esc) < 0 || emit(p, real, JSON_STRING, start, end - start) < 0)
+        if (scan_string(p, &end, &esc) < 0 || emit(p, real, JTOK_STRING, start, end - start) < 0)
             return -1;
         if (real)
             p->toks[p->n - 1].escaped = esc;
     }
     skip_ws(p);
     if (p->pos >= p->len)
-        return fail(p, JSON_ETRUNC, p->len);
+        return fail(p, JTOK_ETRUNC, p->len);
     if (s[p->pos] != ':')
-        return fail(p, JSON_ESYNTAX, p->pos);
+        return fail(p, JTOK_ESYNTAX, p->pos);
     p->pos++;
     skip_ws(p);
     goto value;
@@ -416,17 +416,17 @@ after:
     skip_ws(p);
     if (p->depth == 0) {
         if (p->pos != p->len)
-            return fail(p, JSON_ETRAILING, p->pos);
+            return fail(p, JTOK_ETRAILING, p->pos);
         return 0;
     }
     if (p->pos >= p->len)
-        return fail(p, JSON_ETRUNC, p->len);
+        return fail(p, JTOK_ETRUNC, p->len);
     if (level_is_obj(p)) {
         if (s[p->pos] == ',') {
             p->pos++;
             skip_ws(p);
             if (p->pos >= p->len)
-                return fail(p, JSON_ETRUNC, p->len);
+                return fail(p, JTOK_ETRUNC, p->len);
             goto key;
         }
         if (s[p->pos] == '}') {
@@ -444,16 +444,16 @@ after:
             goto after;
         }
     }
-    return fail(p, JSON_ESYNTAX, p->pos);
+    return fail(p, JTOK_ESYNTAX, p->pos);
 }
 
-int json_parse(const char *buf, size_t len, json_tok_t *toks, size_t cap, unsigned max_depth,
-               json_err_t *err)
+int jtok_parse(const char *buf, size_t len, jtok_t *toks, size_t cap, unsigned max_depth,
+               jtok_err_t *err)
 {
     parser_t p;
     if (len > UINT32_MAX) {
         if (err)
-            *err = (json_err_t){ JSON_ETOOBIG, (size_t)UINT32_MAX };
+            *err = (jtok_err_t){ JTOK_ETOOBIG, (size_t)UINT32_MAX };
         return -1;
     }
     p.s = (const unsigned char *)buf;
@@ -466,22 +466,22 @@ int json_parse(const char *buf, size_t len, json_tok_t *toks, size_t cap, unsign
         p.limit = (uint32_t)cap;
     p.cur = NO_PARENT;
     p.depth = 0;
-    p.max_depth = max_depth < JSON_DEPTH_MAX ? max_depth : JSON_DEPTH_MAX;
-    p.code = JSON_OK;
+    p.max_depth = max_depth < JTOK_DEPTH_MAX ? max_depth : JTOK_DEPTH_MAX;
+    p.code = JTOK_OK;
     p.off = 0;
 
     int rc = toks ? parse(&p, true) : parse(&p, false);
     if (rc < 0) {
         if (err)
-            *err = (json_err_t){ p.code, p.off };
+            *err = (jtok_err_t){ p.code, p.off };
         return -1;
     }
     if (err)
-        *err = (json_err_t){ JSON_OK, 0 };
+        *err = (jtok_err_t){ JTOK_OK, 0 };
     return (int)p.n;
 }
 
-/* Decodes one escape at raw[i] == '\\' (already validated by json_parse) into
+/* Decodes one escape at raw[i] == '\\' (already validated by jtok_parse) into
  * u8; returns the number of bytes written and advances *i. */
 static int decode_escape(const unsigned char *raw, uint32_t *i, unsigned char u8[4])
 {
@@ -530,9 +530,9 @@ static int decode_escape(const unsigned char *raw, uint32_t *i, unsigned char u8
     return 4;
 }
 
-ssize_t json_str_decode(const char *buf, const json_tok_t *t, char *out, size_t cap)
+ssize_t jtok_str_decode(const char *buf, const jtok_t *t, char *out, size_t cap)
 {
-    assert(t->type == JSON_STRING);
+    assert(t->type == JTOK_STRING);
     const unsigned char *raw = (const unsigned char *)buf + t->start;
     uint32_t n = t->len;
     if (!t->escaped) {
@@ -570,9 +570,9 @@ too_small:
     return -1;
 }
 
-bool json_str_eq(const char *buf, const json_tok_t *t, const char *s)
+bool jtok_str_eq(const char *buf, const jtok_t *t, const char *s)
 {
-    if (t->type != JSON_STRING)
+    if (t->type != JTOK_STRING)
         return false;
     const unsigned char *raw = (const unsigned char *)buf + t->start;
     uint32_t n = t->len;
@@ -601,16 +601,16 @@ bool json_str_eq(const char *buf, const json_tok_t *t, const char *s)
     return o == slen;
 }
 
-int json_obj_get(const char *buf, const json_tok_t *toks, int obj, const char *key)
+int jtok_obj_get(const char *buf, const jtok_t *toks, int obj, const char *key)
 {
     assert(obj >= 0);
-    const json_tok_t *o = &toks[obj];
-    if (o->type != JSON_OBJECT)
+    const jtok_t *o = &toks[obj];
+    if (o->type != JTOK_OBJECT)
         return -1;
     uint32_t k = (uint32_t)obj + 1;
     for (uint32_t pair = 0; pair < o->size; pair++) {
         uint32_t v = k + 1;
-        if (json_str_eq(buf, &toks[k], key))
+        if (jtok_str_eq(buf, &toks[k], key))
             return (int)v;
         k = toks[v].next;
     }

@@ -101,7 +101,7 @@ static void send_topic(batch_t *b, int i)
     *b->c_flush_ns += tmtime_mono_ns() - t0;
 }
 
-static topic_t *begin(batch_t *b, int i, int64_t now, msgpack_packer *pk)
+static topic_t *begin(batch_t *b, int i, int64_t now)
 {
     topic_t *t = &b->t[i];
     if (t->count == 0) {
@@ -111,7 +111,6 @@ static topic_t *begin(batch_t *b, int i, int64_t now, msgpack_packer *pk)
             b->dirty[b->ndirty++] = i;
         }
     }
-    mbuf_packer(&t->buf, pk);
     return t;
 }
 
@@ -124,18 +123,16 @@ static void end(batch_t *b, int i, topic_t *t)
 
 void batch_usage(batch_t *b, unsigned shard, const msg_usage_t *u, int64_t now)
 {
-    msgpack_packer pk;
     int i = (int)(shard & 0xff);
-    topic_t *t = begin(b, i, now, &pk);
-    msg_usage_pack(&pk, u);
+    topic_t *t = begin(b, i, now);
+    msg_usage_encode(&t->buf, u);
     end(b, i, t);
 }
 
 void batch_sample(batch_t *b, const msg_sample_t *s, int64_t now)
 {
-    msgpack_packer pk;
-    topic_t *t = begin(b, METRIC, now, &pk);
-    msg_sample_pack(&pk, s);
+    topic_t *t = begin(b, METRIC, now);
+    msg_sample_encode(&t->buf, s);
     end(b, METRIC, t);
 }
 

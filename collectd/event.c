@@ -1,5 +1,6 @@
 #include "event.h"
 
+#include <assert.h>
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -341,14 +342,33 @@ static const alias_t aliases[] = {
 #undef A
 #define NALIASES (sizeof aliases / sizeof aliases[0])
 
+/* Aliases grouped by length: a name is compared only with those of its
+ * length (two or three), since this runs for every field and every tag. */
+static unsigned char by_len[34][8]; /* alias indexes + 1, 0 ends a list */
+
+static void by_len_init(void)
+{
+    for (size_t i = 0; i < NALIASES; i++) {
+        unsigned char *slot = by_len[aliases[i].len];
+        size_t k = 0;
+        while (slot[k])
+            k++;
+        assert(k < 7);
+        slot[k] = (unsigned char)(i + 1);
+    }
+}
+
 static int find_alias(span_t key)
 {
-    if (key.len == 0 || key.len > 32)
+    if (key.len == 0 || key.len > 33)
         return -1;
-    for (size_t i = 0; i < NALIASES; i++)
-        if (aliases[i].len == key.len && aliases[i].name[0] == key.p[0] &&
-            memcmp(aliases[i].name, key.p, key.len) == 0)
-            return (int)i;
+    if (!by_len[8][0]) /* "provider" is always there once initialised */
+        by_len_init();
+    for (const unsigned char *slot = by_len[key.len]; *slot; slot++) {
+        const alias_t *a = &aliases[*slot - 1];
+        if (a->name[0] == key.p[0] && memcmp(a->name, key.p, key.len) == 0)
+            return *slot - 1;
+    }
     return -1;
 }
 

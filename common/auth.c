@@ -323,9 +323,8 @@ bool auth_find(const char *buf, size_t len, size_t *payload_len)
     size_t end = len;
     while (end && (buf[end - 1] == '\n' || buf[end - 1] == '\r'))
         end--;
-    size_t i = end;
-    while (i && buf[i - 1] != '\n')
-        i--;
+    const char *nl = end ? memrchr(buf, '\n', end) : NULL;
+    size_t i = nl ? (size_t)(nl - buf) + 1 : 0;
     if (i == 0 || end - i < 5 || memcmp(buf + i, "|sig:", 5) != 0)
         return false;
     *payload_len = i - 1;

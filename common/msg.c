@@ -1,5 +1,7 @@
 #include "msg.h"
 
+#include "mpw.h"
+
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -138,84 +140,113 @@ void msg_usage_init(msg_usage_t *u)
     u->requests = 1;
 }
 
-void msg_usage_pack(msgpack_packer *pk, const msg_usage_t *u)
+/* Worst-case bytes of a record, for the writer's one reservation. */
+static size_t usage_bound(const msg_usage_t *u)
 {
-    const struct {
-        const char *k;
-        span_t v;
-    } strs[] = {
-        { "provider", u->provider },       { "model", u->model },
-        { "operation", u->operation },     { "user", u->user },
-        { "account", u->account },         { "project", u->project },
-        { "status", u->status },           { "error_type", u->error_type },
-        { "request_id", u->request_id },   { "cost_source", u->cost_source },
-        { "price_version", u->price_version }, { "key_id", u->key_id },
-    };
-    const struct {
-        const char *k;
-        uint64_t v;
-    } toks[] = {
-        { "input_tokens", u->input_tokens },
-        { "cache_read_tokens", u->cache_read_tokens },
-        { "cache_write_tokens", u->cache_write_tokens },
-        { "cache_write_1h_tokens", u->cache_write_1h_tokens },
-        { "output_tokens", u->output_tokens },
-        { "reasoning_tokens", u->reasoning_tokens },
-        { "requests", u->requests },
-    };
-    size_t n = 0;
-    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++)
-        n += strs[i].v.p != NULL;
-    n += sizeof toks / sizeof toks[0];
-    n += 4; /* ts, recv_ts, cost_nusd, signed */
-    n += u->latency_us >= 0;
-    n += u->ttft_us >= 0;
-    n += u->http_status != 0;
-    n += u->retries >= 0;
-    n += u->ntags > 0;
+    size_t n = 512; /* keys and numbers */
+    const span_t s[] = { u->provider, u->model, u->operation, u->user, u->account, u->project,
+                         u->status, u->error_type, u->request_id, u->cost_source,
+                         u->price_version, u->key_id };
+    for (size_t i = 0; i < sizeof s / sizeof s[0]; i++)
+        n += s[i].len + MPW_STR_HDR;
+    for (size_t i = 0; i < u->ntags; i++)
+        n += u->tags[i].key.len + u->tags[i].value.len + 2 * MPW_STR_HDR;
+    return n;
+}
 
-    msgpack_pack_map(pk, n);
-    for (size_t i = 0; i < sizeof strs / sizeof strs[0]; i++) {
-        if (!strs[i].v.p)
-            continue;
-        pack_key(pk, strs[i].k);
-        msg_pack_span(pk, strs[i].v);
-    }
-    for (size_t i = 0; i < sizeof toks / sizeof toks[0]; i++) {
-        pack_key(pk, toks[i].k);
-        msgpack_pack_uint64(pk, toks[i].v);
-    }
-    pack_key(pk, "ts");
-    msgpack_pack_int64(pk, u->ts);
-    pack_key(pk, "recv_ts");
-    msgpack_pack_int64(pk, u->recv_ts);
-    pack_key(pk, "cost_nusd");
-    msgpack_pack_int64(pk, u->cost_nusd);
-    pack_key(pk, "signed");
-    if (u->is_signed)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
+#define PUT_STR(p, key, v)                                                                      \
+    do {                                                                                        \
+        if ((v).p) {                                                                            \
+            p = MPW_KEY(p, key);                                                                \
+            p = mpw_str(p, (v).p, (v).len);                                                     \
+        }                                                                                       \
+    } while (0)
+
+void msg_usage_encode(mbuf_t *b, const msg_usage_t *u)
+{
+    mbuf_reserve(b, usage_bound(u));
+    char *p = b->data + b->len;
+    uint32_t n = 7 + 4; /* token counts and requests; ts, recv_ts, cost_nusd, signed */
+    n += (u->provider.p != NULL) + (u->model.p != NULL) + (u->operation.p != NULL) +
+         (u->user.p != NULL) + (u->account.p != NULL) + (u->project.p != NULL) +
+         (u->status.p != NULL) + (u->error_type.p != NULL) + (u->request_id.p != NULL) +
+         (u->cost_source.p != NULL) + (u->price_version.p != NULL) + (u->key_id.p != NULL);
+    n += (u->latency_us >= 0) + (u->ttft_us >= 0) + (u->http_status != 0) + (u->retries >= 0) +
+         (u->ntags > 0);
+    p = mpw_map(p, n);
+    PUT_STR(p, "provider", u->provider);
+    PUT_STR(p, "model", u->model);
+    PUT_STR(p, "operation", u->operation);
+    PUT_STR(p, "user", u->user);
+    PUT_STR(p, "account", u->account);
+    PUT_STR(p, "project", u->project);
+    PUT_STR(p, "status", u->status);
+    PUT_STR(p, "error_type", u->error_type);
+    PUT_STR(p, "request_id", u->request_id);
+    PUT_STR(p, "cost_source", u->cost_source);
+    PUT_STR(p, "price_version", u->price_version);
+    PUT_STR(p, "key_id", u->key_id);
+    p = MPW_KEY(p, "input_tokens");
+    p = mpw_uint(p, u->input_tokens);
+    p = MPW_KEY(p, "cache_read_tokens");
+    p = mpw_uint(p, u->cache_read_tokens);
+    p = MPW_KEY(p, "cache_write_tokens");
+    p = mpw_uint(p, u->cache_write_tokens);
+    p = MPW_KEY(p, "cache_write_1h_tokens");
+    p = mpw_uint(p, u->cache_write_1h_tokens);
+    p = MPW_KEY(p, "output_tokens");
+    p = mpw_uint(p, u->output_tokens);
+    p = MPW_KEY(p, "reasoning_tokens");
+    p = mpw_uint(p, u->reasoning_tokens);
+    p = MPW_KEY(p, "requests");
+    p = mpw_uint(p, u->requests);
+    p = MPW_KEY(p, "ts");
+    p = mpw_int(p, u->ts);
+    p = MPW_KEY(p, "recv_ts");
+    p = mpw_int(p, u->recv_ts);
+    p = MPW_KEY(p, "cost_nusd");
+    p = mpw_int(p, u->cost_nusd);
+    p = MPW_KEY(p, "signed");
+    p = mpw_bool(p, u->is_signed);
     if (u->latency_us >= 0) {
-        pack_key(pk, "latency_us");
-        msgpack_pack_int64(pk, u->latency_us);
+        p = MPW_KEY(p, "latency_us");
+        p = mpw_int(p, u->latency_us);
     }
     if (u->ttft_us >= 0) {
-        pack_key(pk, "ttft_us");
-        msgpack_pack_int64(pk, u->ttft_us);
+        p = MPW_KEY(p, "ttft_us");
+        p = mpw_int(p, u->ttft_us);
     }
     if (u->http_status != 0) {
-        pack_key(pk, "http_status");
-        msgpack_pack_int32(pk, u->http_status);
+        p = MPW_KEY(p, "http_status");
+        p = mpw_int(p, u->http_status);
     }
     if (u->retries >= 0) {
-        pack_key(pk, "retries");
-        msgpack_pack_int32(pk, u->retries);
+        p = MPW_KEY(p, "retries");
+        p = mpw_int(p, u->retries);
     }
     if (u->ntags > 0) {
-        pack_key(pk, "tags");
-        pack_tags(pk, u->tags, u->ntags);
+        p = MPW_KEY(p, "tags");
+        p = mpw_map(p, (uint32_t)u->ntags);
+        for (size_t i = 0; i < u->ntags; i++) {
+            p = mpw_str(p, u->tags[i].key.p, u->tags[i].key.len);
+            p = mpw_str(p, u->tags[i].value.p, u->tags[i].value.len);
+        }
     }
+    b->len = (size_t)(p - b->data);
+}
+
+/* The packer form writes the same bytes through the packer's callback. */
+static void through_packer(msgpack_packer *pk, const mbuf_t *b)
+{
+    pk->callback(pk->data, b->data, b->len);
+}
+
+void msg_usage_pack(msgpack_packer *pk, const msg_usage_t *u)
+{
+    mbuf_t b = { 0 };
+    msg_usage_encode(&b, u);
+    through_packer(pk, &b);
+    mbuf_free(&b);
 }
 
 int msg_usage_unpack(const msgpack_object *o, msg_usage_t *u, char *err, size_t cap)
@@ -318,29 +349,45 @@ const char *msg_stype_name(msg_stype_t t)
     return (unsigned)t < 6 ? stype_names[t] : "?";
 }
 
+void msg_sample_encode(mbuf_t *b, const msg_sample_t *s)
+{
+    size_t bound = 160 + s->name.len + s->member.len + MPW_STR_HDR * 2;
+    for (size_t i = 0; i < s->ntags; i++)
+        bound += s->tags[i].key.len + s->tags[i].value.len + 2 * MPW_STR_HDR;
+    mbuf_reserve(b, bound);
+    char *p = b->data + b->len;
+    p = mpw_map(p, 7);
+    p = MPW_KEY(p, "name");
+    p = mpw_str(p, s->name.p, s->name.len);
+    p = MPW_KEY(p, "type");
+    const char *t = msg_stype_name(s->type);
+    p = mpw_str(p, t, strlen(t));
+    p = MPW_KEY(p, "value");
+    if (s->type == MSG_ST_S)
+        p = mpw_str(p, s->member.p, s->member.len);
+    else
+        p = mpw_double(p, s->value);
+    p = MPW_KEY(p, "rate");
+    p = mpw_double(p, s->rate);
+    p = MPW_KEY(p, "delta");
+    p = mpw_bool(p, s->delta);
+    p = MPW_KEY(p, "tags");
+    p = mpw_map(p, (uint32_t)s->ntags);
+    for (size_t i = 0; i < s->ntags; i++) {
+        p = mpw_str(p, s->tags[i].key.p, s->tags[i].key.len);
+        p = mpw_str(p, s->tags[i].value.p, s->tags[i].value.len);
+    }
+    p = MPW_KEY(p, "ts");
+    p = mpw_int(p, s->ts);
+    b->len = (size_t)(p - b->data);
+}
+
 void msg_sample_pack(msgpack_packer *pk, const msg_sample_t *s)
 {
-    msgpack_pack_map(pk, 7);
-    pack_key(pk, "name");
-    msg_pack_span(pk, s->name);
-    pack_key(pk, "type");
-    pack_key(pk, msg_stype_name(s->type));
-    pack_key(pk, "value");
-    if (s->type == MSG_ST_S)
-        msg_pack_span(pk, s->member);
-    else
-        msgpack_pack_double(pk, s->value);
-    pack_key(pk, "rate");
-    msgpack_pack_double(pk, s->rate);
-    pack_key(pk, "delta");
-    if (s->delta)
-        msgpack_pack_true(pk);
-    else
-        msgpack_pack_false(pk);
-    pack_key(pk, "tags");
-    pack_tags(pk, s->tags, s->ntags);
-    pack_key(pk, "ts");
-    msgpack_pack_int64(pk, s->ts);
+    mbuf_t b = { 0 };
+    msg_sample_encode(&b, s);
+    through_packer(pk, &b);
+    mbuf_free(&b);
 }
 
 int msg_sample_unpack(const msgpack_object *o, msg_sample_t *s, char *err, size_t cap)

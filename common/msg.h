@@ -12,6 +12,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
+#include "mbuf.h"
 #include "span.h"
 
 #define MSG_VERSION 1
@@ -59,6 +60,8 @@ typedef struct {
 /* Sets every field to "absent" / zero. */
 void msg_usage_init(msg_usage_t *u);
 void msg_usage_pack(msgpack_packer *pk, const msg_usage_t *u);
+/* The same bytes appended straight to b: the collector's hot path. */
+void msg_usage_encode(mbuf_t *b, const msg_usage_t *u);
 /* Returns 0, or -1 with a short reason in err (at least 128 bytes). */
 int msg_usage_unpack(const msgpack_object *o, msg_usage_t *u, char *err, size_t cap);
 
@@ -78,6 +81,7 @@ typedef struct {
 
 const char *msg_stype_name(msg_stype_t t);
 void msg_sample_pack(msgpack_packer *pk, const msg_sample_t *s);
+void msg_sample_encode(mbuf_t *b, const msg_sample_t *s);
 int msg_sample_unpack(const msgpack_object *o, msg_sample_t *s, char *err, size_t cap);
 
 /* One counter or gauge of a stage's own (topic stats). */

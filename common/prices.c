@@ -36,6 +36,8 @@ struct prices {
     bool has_def;
     alias_t *aliases;
     size_t naliases;
+    size_t *alias_index; /* open addressing over aliases by from; SIZE_MAX = empty */
+    size_t alias_cap;
     char version[16];
     size_t skipped;
     cache_slot_t *cache;
@@ -85,30 +87,59 @@ int prices_canon_provider(const prices_t *p, span_t in, char *out, size_t cap)
 {
     if (in.len == 0 || in.len >= cap || in.len > MAX_NAME)
         return -1;
-    for (size_t i = 0; i < in.len; i++)
-        out[i] = (char)tolower((unsigned char)in.p[i]);
+    for (size_t i = 0; i < in.len; i++) {
+        char c = in.p[i];
+        out[i] = c >= 'A' && c <= 'Z' ? (char)(c + 32) : c;
+    }
     out[in.len] = '\0';
-    if (p) {
-        for (size_t i = 0; i < p->naliases; i++) {
-            if (!strcmp(out, p->aliases[i].from)) {
-                size_t n = strlen(p->aliases[i].to);
+    if (p && p->alias_cap) {
+        size_t h = (size_t)fnv1a64(out, in.len) & (p->alias_cap - 1);
+        for (; p->alias_index[h] != SIZE_MAX; h = (h + 1) & (p->alias_cap - 1)) {
+            const alias_t *a = &p->aliases[p->alias_index[h]];
+            if (!strcmp(a->from, out)) {
+                size_t n = strlen(a->to);
                 if (n >= cap)
                     return -1;
-                memcpy(out, p->aliases[i].to, n + 1);
+                memcpy(out, a->to, n + 1);
                 return (int)n;
             }
         }
     }
-    for (size_t i = 0; i < sizeof builtin_aliases / sizeof builtin_aliases[0]; i++) {
-        if (!strcmp(out, builtin_aliases[i][0])) {
-            size_t n = strlen(builtin_aliases[i][1]);
-            if (n >= cap)
-                return -1;
-            memcpy(out, builtin_aliases[i][1], n + 1);
-            return (int)n;
-        }
-    }
     return (int)in.len;
+}
+
+static void add_alias(prices_t *p, const char *from, size_t fromlen, const char *to)
+{
+    for (size_t i = 0; i < p->naliases; i++)
+        if (strlen(p->aliases[i].from) == fromlen && !strncmp(p->aliases[i].from, from, fromlen))
+            return; /* the first one wins: config aliases are added before the built-in ones */
+    p->aliases = xreallocarray(p->aliases, p->naliases + 1, sizeof *p->aliases);
+    alias_t *al = &p->aliases[p->naliases++];
+    al->from = xstrndup(from, fromlen);
+    al->to = xstrdup(to);
+    for (char *c = al->from; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+    for (char *c = al->to; *c; c++)
+        *c = (char)tolower((unsigned char)*c);
+}
+
+/* An open-addressing index over the aliases, so that canonicalising a
+ * provider costs one hash per record. */
+static void alias_index_build(prices_t *p)
+{
+    for (size_t i = 0; i < sizeof builtin_aliases / sizeof builtin_aliases[0]; i++)
+        add_alias(p, builtin_aliases[i][0], strlen(builtin_aliases[i][0]), builtin_aliases[i][1]);
+    p->alias_cap = 16;
+    while (p->alias_cap < p->naliases * 2)
+        p->alias_cap *= 2;
+    p->alias_index = xmalloc(p->alias_cap * sizeof *p->alias_index);
+    memset(p->alias_index, 0xff, p->alias_cap * sizeof *p->alias_index);
+    for (size_t i = 0; i < p->naliases; i++) {
+        size_t h = (size_t)fnv1a64(p->aliases[i].from, strlen(p->aliases[i].from)) & (p->alias_cap - 1);
+        while (p->alias_index[h] != SIZE_MAX)
+            h = (h + 1) & (p->alias_cap - 1);
+        p->alias_index[h] = i;
+    }
 }
 
 /* ---- index -------------------------------------------------------------- */
@@ -170,7 +201,7 @@ static price_t *add_entry(prices_t *p, const char *key, const char *provider)
 static int parse_rate(const char *s, size_t n, unsigned __int128 *out)
 {
     __int128 v;
-    /* at most 2^80 units (about $1.2M a token) keeps every cost sum in 128 bits */
+    /* at most 2^80 units (about $1.21 a token) keeps every cost sum in 128 bits */
     if (dec_parse(s, n, PRICES_UNIT_SCALE, DEC_EXACT, &v) < 0 || v < 0 || (v >> 80) != 0)
         return -1;
     *out = (unsigned __int128)v;
@@ -312,21 +343,14 @@ prices_t *prices_load_buf(const char *json, size_t len, const char *name, const 
         for (size_t i = 0; i < cfg->collectd.provider_aliases.n; i++) {
             const char *a = cfg->collectd.provider_aliases.v[i];
             const char *eq = strchr(a, '=');
-            if (!eq)
-                continue;
-            p->aliases = xreallocarray(p->aliases, p->naliases + 1, sizeof *p->aliases);
-            alias_t *al = &p->aliases[p->naliases++];
-            al->from = xstrndup(a, (size_t)(eq - a));
-            al->to = xstrdup(eq + 1);
-            for (char *c = al->from; *c; c++)
-                *c = (char)tolower((unsigned char)*c);
-            for (char *c = al->to; *c; c++)
-                *c = (char)tolower((unsigned char)*c);
+            if (eq)
+                add_alias(p, a, (size_t)(eq - a), eq + 1);
         }
         if (apply_overrides(p, cfg, err, errcap) < 0)
             goto fail;
     }
     index_build(p);
+    alias_index_build(p);
     set_version(p, json, len, cfg);
     p->cache = xcalloc(CACHE_SLOTS, sizeof *p->cache);
     return p;
@@ -399,6 +423,7 @@ void prices_destroy(prices_t **pp)
         free(p->aliases[i].to);
     }
     free(p->aliases);
+    free(p->alias_index);
     if (p->cache)
         cache_clear(p);
     free(p->cache);

@@ -335,7 +335,7 @@ static int load_key(const char *path, const char *want, char *err, size_t cap)
             fclose(f);
             return -1;
         }
-        snprintf(g_key_id, sizeof g_key_id, "%s", id);
+        snprintf(g_key_id, sizeof g_key_id, "%.*s", AUTH_MAX_KEY_ID, id); /* fits: checked above */
         fclose(f);
         return 0;
     }
@@ -513,6 +513,10 @@ int main(int argc, char **argv)
     }
     if (s.per_dgram < 1)
         s.per_dgram = 1;
+    /* --format encodes flag and demo events; a file's records go as they are
+     * (JSON text or StatsD lines), so they are joined by newlines */
+    if (file)
+        s.fmt = WIRE_JSON;
     if (s.fmt == WIRE_MSGPACK && tcp) {
         fprintf(stderr, NAME ": msgpack travels in datagrams (UDP or unix), not over TCP\n");
         return 2;

@@ -73,7 +73,16 @@ static bool emit(tap_t *t, json_t *o, const bus_msg_t *m)
     return ok;
 }
 
-/* Prints the records of one message; false when stdout is gone. */
+static void skipped(tap_t *t, const bus_msg_t *m, uint32_t index, const char *err)
+{
+    t->bad++;
+    fprintf(stderr, NAME ": skipped a malformed %.*s record (#%u) from %.*s seq %llu: %s\n",
+            (int)m->kind.len, m->kind.p, index, (int)m->src.len, m->src.p,
+            (unsigned long long)m->seq, err);
+}
+
+/* Prints the records of one message; false when stdout is gone. A malformed
+ * record is reported and skipped; the others of its message still print. */
 static bool print_msg(tap_t *t, const bus_msg_t *m)
 {
     char err[256];
@@ -81,8 +90,10 @@ static bool print_msg(tap_t *t, const bus_msg_t *m)
     if (span_eq_cstr(m->kind, MSG_KIND_STATS)) {
         static msg_stat_t entries[MSG_MAX_STATS];
         msg_stats_t s;
-        if (msg_stats_unpack(b, &s, entries, MSG_MAX_STATS, err, sizeof err) < 0)
-            goto bad;
+        if (msg_stats_unpack(b, &s, entries, MSG_MAX_STATS, err, sizeof err) < 0) {
+            skipped(t, m, 0, err);
+            return true;
+        }
         return emit(t, mp2json_stats(&s), m);
     }
     bool usage = span_eq_cstr(m->kind, MSG_KIND_USAGE), sample = span_eq_cstr(m->kind, MSG_KIND_SAMPLE);
@@ -93,13 +104,17 @@ static bool print_msg(tap_t *t, const bus_msg_t *m)
         json_t *o;
         if (usage) {
             msg_usage_t u;
-            if (msg_usage_unpack(r, &u, err, sizeof err) < 0)
-                goto bad;
+            if (msg_usage_unpack(r, &u, err, sizeof err) < 0) {
+                skipped(t, m, i, err);
+                continue;
+            }
             o = mp2json_usage(&u);
         } else if (sample) {
             msg_sample_t s;
-            if (msg_sample_unpack(r, &s, err, sizeof err) < 0)
-                goto bad;
+            if (msg_sample_unpack(r, &s, err, sizeof err) < 0) {
+                skipped(t, m, i, err);
+                continue;
+            }
             o = mp2json_sample(&s);
         } else {
             o = mp2json_any(r);
@@ -109,11 +124,6 @@ static bool print_msg(tap_t *t, const bus_msg_t *m)
         if (t->count && t->printed >= t->count)
             return true;
     }
-    return true;
-bad:
-    t->bad++;
-    fprintf(stderr, NAME ": skipped a malformed %.*s record from %.*s seq %llu: %s\n",
-            (int)m->kind.len, m->kind.p, (int)m->src.len, m->src.p, (unsigned long long)m->seq, err);
     return true;
 }
 

@@ -174,3 +174,82 @@ def statsd_hotshots(env):
     check_eq(st.dropped(), {"event": 1, "service_check": 1}, "ingest_dropped_total by kind")
     check_eq(st.rejected(), {}, "rejections")
     c.check_invariant(st)
+
+
+@case(timeout=30)
+def statsd_wire(env):
+    """The StatsD grammar of DESIGN section 2 as sent raw: packed values,
+    |T timestamps, a tag without value, SignalFX and Librato tags, and the
+    LLM metrics besides llm.tokens (llm.requests with status, llm.latency,
+    llm.ttft in ms) and the other token buckets (reasoning, cache_write_1h,
+    packed counter values)."""
+    c = env.collector()
+    prices = Prices(harness.PRICES_JSON)
+    lines = [
+        "multi.d:1:2:3|d|#a:b",
+        "ts.c:4|c|T1735787045",
+        "flag.c:1|c|#novalue,k:v",
+        "sfx.[k=v]name:1|c",
+        "lib#k=v:2|g",
+        "llm.requests:1|c|#provider:openai,model:gpt-4o,user:w1,status:error",
+        "llm.latency:1250|ms|#provider:openai,model:gpt-4o,user:w1",
+        "llm.ttft:80.5|ms|#provider:openai,model:gpt-4o,user:w1",
+        "llm.tokens:100|c|#provider:openai,model:o3,user:w1,type:reasoning",
+        "llm.tokens:100|c|#provider:anthropic,model:claude-sonnet-4-20250514,user:w1,type:cache_write_1h",
+        "llm.tokens:10:20|c|#provider:openai,model:gpt-4o,user:w1,type:input",
+        "llm.tokens:7|c|#provider:openai,model:gpt-4o,user:w1,type:output,team:core",
+    ]
+    want_samples = [
+        ("multi.d", "d", 1.0, {"a": "b"}), ("multi.d", "d", 2.0, {"a": "b"}), ("multi.d", "d", 3.0, {"a": "b"}),
+        ("ts.c", "c", 4.0, {}), ("flag.c", "c", 1.0, {"novalue": "", "k": "v"}), ("sfx.name", "c", 1.0, {"k": "v"}),
+        ("lib", "g", 2.0, {"k": "v"}),
+    ]
+    o3, sonnet, g4o = (prices.rates("o3"), prices.rates("claude-sonnet-4-20250514"), prices.rates("gpt-4o"))
+    want_usage = [
+        dict(requests=1, status="error", cost_nusd=0),
+        dict(requests=0, latency_us=1250000, cost_nusd=0),
+        dict(requests=0, ttft_us=80500, cost_nusd=0),
+        dict(model="o3", output_tokens=100, reasoning_tokens=100,
+             cost_nusd=cost_nusd(o3, output=100, reasoning=100)),
+        dict(model="claude-sonnet-4-20250514", input_tokens=100, cache_write_1h_tokens=100,
+             cost_nusd=cost_nusd(sonnet, input=100, cache_write_1h=100)),
+        dict(input_tokens=30, cost_nusd=cost_nusd(g4o, input=30)),
+        dict(output_tokens=7, tags={"team": "core"}, cost_nusd=cost_nusd(g4o, output=7)),
+    ]
+    tap = c.tap(["ev.", "metric"], len(want_samples) + len(want_usage), timeout=10)
+    c.send_udp("\n".join(lines))
+    recs = tap.wait("records")
+    samples = [r for r in recs if r["topic"] == "metric"]
+    usage = [r for r in recs if r["topic"] != "metric"]
+    check_eq([(r["name"], r["type"], r["value"], r["tags"]) for r in samples], want_samples, "samples")
+    check_eq(samples[3]["ts"], 1735787045 * 10 ** 9, "ts.c ts from |T")
+    check_eq(len(usage), len(want_usage), "usage records")
+    for got, want in zip(usage, want_usage):
+        for k, v in want.items():
+            check_eq(got[k], v, "%s %s" % (got["model"], k))
+        check_eq(got["topic"], shard_topic("w1"), "topic")
+    st = c.wait_received(len(lines))
+    check_eq(st.get("ingest_accepted_total"), len(lines), "ingest_accepted_total")
+
+
+@case(timeout=30)
+def statsd_oversized_fields(env):
+    """A StatsD line whose set member, tag value or tag key is longer than a
+    bus string may be (msg.h MSG_MAX_STR, 1024 bytes): the collector must
+    either refuse it (counted) or publish something its subscribers can
+    decode. Accepting it and publishing a record every subscriber drops as
+    malformed is silent loss."""
+    c = env.collector()
+    lines = ["big.set:" + "m" * 2000 + "|s", "long.value:1|c|#k:" + "v" * 2000,
+             "long.key:1|c|#" + "k" * 1100 + ":v", "ok.after:1|c"]
+    tap = c.tap(["metric"], len(lines), timeout=3)
+    for l in lines:
+        c.send_udp(l)
+    tap.proc.wait(10)
+    recs = tap.records()
+    st = c.wait_received(len(lines))
+    published = st.get("ingest_samples_total")
+    malformed = [l for l in tap.proc.stderr().splitlines() if "malformed" in l]
+    check(not malformed and len(recs) == published,
+          "the collector accepted %d samples (rejected %s) but tokmon-tap decoded %d (%s); %s",
+          published, st.rejected(), len(recs), ", ".join(r["name"] for r in recs), "; ".join(malformed))

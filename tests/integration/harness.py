@@ -139,6 +139,19 @@ class Proc:
         if self.alive():
             os.kill(self.pid, sig)
 
+    def pause(self, timeout=5.0):
+        """SIGSTOP, and wait until the kernel shows the process stopped, so
+        what is sent next is surely waiting in the kernel when it resumes."""
+        os.kill(self.pid, signal.SIGSTOP)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open("/proc/%d/stat" % self.pid) as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            if state in ("T", "t"):
+                return
+            time.sleep(0.001)
+        raise CaseFailure("%s (pid %d) did not stop on SIGSTOP" % (self.name, self.pid))
+
     def wait(self, timeout):
         try:
             return self.p.wait(timeout=timeout)
@@ -374,6 +387,11 @@ class Collector:
         }
         self.sections = sections
         self.write_config()
+        # tap and tokmonctl read their own copy, so a case may break the
+        # collector's config (SIGHUP tests) without breaking the tools
+        self.client_cfg = env.path(name + "-client.ini")
+        with open(self.client_cfg, "w") as f:
+            f.write(self.config_text())
         if start:
             self.start()
 
@@ -449,14 +467,14 @@ class Collector:
     # -- output
 
     def tap(self, prefixes, n, timeout=10.0, name=None):
-        return Tap(self.env, self.cfg_path, prefixes, n, timeout,
+        return Tap(self.env, self.client_cfg, prefixes, n, timeout,
                    name=name or "tap-%s-%d" % (self.name, len(self.env.procs)))
 
     def stats(self, timeout=0.5, tries=6):
         """The collector's counters (as published when tokmonctl subscribes)."""
         last = ""
         for _ in range(tries):
-            rc, out, err = run([bin_path("tokmonctl"), "-c", self.cfg_path, "stats", "--json",
+            rc, out, err = run([bin_path("tokmonctl"), "-c", self.client_cfg, "stats", "--json",
                                 "--timeout", str(timeout)], timeout=timeout + 10)
             if rc == 0:
                 for obj in json.loads(out):

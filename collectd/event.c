@@ -754,7 +754,9 @@ reason_t event_parse_json(const char *line, size_t len, const event_limits_t *li
 {
     jtok_err_t je;
     int n = jtok_parse(line, len, toks, EVENT_MAX_TOKENS, 8, &je);
-    if (n < 0 || toks[0].type != JTOK_OBJECT)
+    if (n < 0)
+        return je.code == JTOK_EUTF8 ? REASON_BAD_UTF8 : REASON_BAD_JSON;
+    if (toks[0].type != JTOK_OBJECT)
         return REASON_BAD_JSON;
     src_t src = { .json = true, .buf = line, .toks = toks, .scratch = scratch };
     val_t root = { .k = V_OBJ, .tok = 0 };

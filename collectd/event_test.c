@@ -159,7 +159,7 @@ static case_t cases[] = {
     BADJ("trailing_garbage", "{" PM "} x", REASON_BAD_JSON),
     BADJ("array_not_object", "[1,2]", REASON_BAD_JSON),
     BADJ("deep_nesting", "{" PM ",\"x\":[[[[[[[[[[[[]]]]]]]]]]]]}", REASON_BAD_JSON),
-    BADJ("invalid_utf8", "{\"provider\":\"\xff\",\"model\":\"m\"}", REASON_BAD_JSON),
+    BADJ("invalid_utf8", "{\"provider\":\"\xff\",\"model\":\"m\"}", REASON_BAD_UTF8),
     BADJ("nan_literal", "{" PM ",\"latency_ms\":NaN}", REASON_BAD_JSON),
 };
 

@@ -372,13 +372,17 @@ static reason_t statsd_usage(ingest_t *in, llm_metric_t kind, const statsd_line_
     return REASON_NONE;
 }
 
-static void statsd_samples(ingest_t *in, const statsd_line_t *sl, const dgram_t *d)
+/* Generic samples. Returns why the line is refused: a set member longer
+ * than the bus allows; tags beyond the limits are dropped and counted. */
+static reason_t statsd_samples(ingest_t *in, const statsd_line_t *sl, const dgram_t *d)
 {
     static const msg_stype_t types[] = {
         [STATSD_COUNTER] = MSG_ST_C,   [STATSD_GAUGE] = MSG_ST_G,
         [STATSD_TIMER] = MSG_ST_MS,    [STATSD_HISTOGRAM] = MSG_ST_H,
         [STATSD_DISTRIBUTION] = MSG_ST_D, [STATSD_SET] = MSG_ST_S,
     };
+    if (sl->type == STATSD_SET && sl->member.len > MSG_MAX_STR)
+        return REASON_BAD_VALUE;
     msg_sample_t s;
     s.name = sl->name;
     s.type = types[sl->type];
@@ -387,10 +391,17 @@ static void statsd_samples(ingest_t *in, const statsd_line_t *sl, const dgram_t 
     s.ts = sl->has_ts && sl->ts > 0 && sl->ts <= INT64_MAX / TMTIME_NS_PER_SEC
                ? sl->ts * TMTIME_NS_PER_SEC : d->recv_ns;
     s.member = sl->member;
-    s.ntags = sl->ntags < MSG_MAX_TAGS ? sl->ntags : MSG_MAX_TAGS;
-    for (size_t i = 0; i < s.ntags; i++) {
-        s.tags[i].key = sl->tags[i].key;
-        s.tags[i].value = sl->tags[i].value.p ? sl->tags[i].value : SPAN_LIT("");
+    s.ntags = 0;
+    for (size_t i = 0; i < sl->ntags; i++) {
+        const statsd_tag_t *t = &sl->tags[i];
+        if (s.ntags >= in->lim.max_tags || t->key.len > in->lim.max_tag_len ||
+            t->value.len > in->lim.max_tag_len) {
+            (*in->c_tags_dropped)++;
+            continue;
+        }
+        s.tags[s.ntags].key = t->key;
+        s.tags[s.ntags].value = t->value.p ? t->value : SPAN_LIT("");
+        s.ntags++;
     }
     size_t n = sl->type == STATSD_SET ? 1 : sl->nvalues;
     for (size_t i = 0; i < n; i++) {
@@ -398,6 +409,7 @@ static void statsd_samples(ingest_t *in, const statsd_line_t *sl, const dgram_t 
         in->sink.sample(in->sink.arg, &s);
     }
     (*in->c_samples) += (int64_t)n;
+    return REASON_NONE;
 }
 
 static void handle_statsd(ingest_t *in, const char *line, size_t len, const dgram_t *d)
@@ -417,7 +429,7 @@ static void handle_statsd(ingest_t *in, const char *line, size_t len, const dgra
     llm_metric_t kind = llm_metric(sl.name);
     reason_t rr = REASON_NONE;
     if (kind == LLM_NONE)
-        statsd_samples(in, &sl, d);
+        rr = statsd_samples(in, &sl, d);
     else
         rr = statsd_usage(in, kind, &sl, d);
     if (rr != REASON_NONE)
@@ -513,6 +525,22 @@ static reason_t auth_reason(auth_result_t r)
     }
 }
 
+/* Checks the trailing |sig line of buf (payload of plen bytes); on success
+ * marks d signed. */
+static auth_result_t verify(ingest_t *in, const char *buf, size_t len, size_t plen, dgram_t *d)
+{
+    auth_result_t ar = in->keys ? auth_verify(in->keys, in->guard, buf, len, plen,
+                                              d->recv_ns / TMTIME_NS_PER_MS,
+                                              in->cfg->collectd.auth_skew, &d->key_id)
+                                : AUTH_UNKNOWN_KEY;
+    *in->c_guard = (int64_t)auth_guard_size(in->guard);
+    if (ar == AUTH_OK) {
+        d->is_signed = true;
+        (*in->c_signed)++;
+    }
+    return ar;
+}
+
 void ingest_datagram(ingest_t *in, const char *buf, size_t len, const struct sockaddr *from,
                      socklen_t fromlen, int64_t recv_ns)
 {
@@ -532,17 +560,11 @@ void ingest_datagram(ingest_t *in, const char *buf, size_t len, const struct soc
         else
             plen = len;
     } else if (has_sig) {
-        auth_result_t ar = in->keys ? auth_verify(in->keys, in->guard, buf, len, plen,
-                                                  recv_ns / TMTIME_NS_PER_MS,
-                                                  in->cfg->collectd.auth_skew, &d.key_id)
-                                    : AUTH_UNKNOWN_KEY;
-        *in->c_guard = (int64_t)auth_guard_size(in->guard);
+        auth_result_t ar = verify(in, buf, len, plen, &d);
         if (ar != AUTH_OK) {
             ingest_reject(in, auth_reason(ar), from, fromlen, buf, len);
             return;
         }
-        d.is_signed = true;
-        (*in->c_signed)++;
     } else if (mode == CFG_AUTH_REQUIRED) {
         ingest_reject(in, REASON_UNSIGNED, from, fromlen, buf, len);
         return;
@@ -565,4 +587,41 @@ void ingest_lines(ingest_t *in, const char *buf, size_t len, const struct sockad
     dgram_t d = { from, fromlen, recv_ns, false, SPAN_NULL };
     *in->c_bytes += (int64_t)len;
     handle_lines(in, buf, len, &d);
+}
+
+#define TCP_SIG_STARTS 8 /* bounds the MACs one block can cost */
+
+void ingest_tcp_block(ingest_t *in, const char *buf, size_t len, const struct sockaddr *from,
+                      socklen_t fromlen, int64_t recv_ns)
+{
+    size_t plen;
+    int mode = in->cfg->collectd.auth;
+    if (mode == CFG_AUTH_OFF || !auth_find(buf, len, &plen)) {
+        if (mode == CFG_AUTH_OFF && auth_find(buf, len, &plen)) {
+            (*in->c_sig_ignored)++;
+            len = plen;
+        }
+        ingest_lines(in, buf, len, from, fromlen, recv_ns);
+        return;
+    }
+    *in->c_bytes += (int64_t)len;
+    size_t start = 0;
+    for (int tries = 0;; tries++) {
+        dgram_t d = { from, fromlen, recv_ns, false, SPAN_NULL };
+        auth_result_t ar = verify(in, buf + start, len - start, plen - start, &d);
+        if (ar == AUTH_OK) {
+            if (start && mode == CFG_AUTH_REQUIRED)
+                ingest_reject(in, REASON_UNSIGNED, from, fromlen, buf, start);
+            else if (start)
+                handle_lines(in, buf, start, &(dgram_t){ from, fromlen, recv_ns, false, SPAN_NULL });
+            handle_lines(in, buf + start, plen - start, &d);
+            return;
+        }
+        const char *nl = start < plen ? memchr(buf + start, '\n', plen - start) : NULL;
+        if (ar != AUTH_BAD_MAC || tries >= TCP_SIG_STARTS || !nl || (size_t)(nl - buf) + 1 >= plen) {
+            ingest_reject(in, auth_reason(ar), from, fromlen, buf, len);
+            return;
+        }
+        start = (size_t)(nl - buf) + 1;
+    }
 }

@@ -47,6 +47,14 @@ void ingest_datagram(ingest_t *in, const char *buf, size_t len, const struct soc
 void ingest_lines(ingest_t *in, const char *buf, size_t len, const struct sockaddr *from,
                   socklen_t fromlen, int64_t recv_ns);
 
+/* Handles a TCP block: lines ending with a |sig line. On a stream the signed
+ * part may start after some unsigned lines that arrived just before it, so
+ * when the whole block does not verify, blocks starting at each of the next
+ * few lines are tried; lines before the signed part are taken unsigned
+ * (auth = optional) or refused (auth = required). */
+void ingest_tcp_block(ingest_t *in, const char *buf, size_t len, const struct sockaddr *from,
+                      socklen_t fromlen, int64_t recv_ns);
+
 /* Counts one refused record that never reached the parsers (a TCP line over
  * max_line, say) and logs it like the others. */
 void ingest_reject(ingest_t *in, reason_t reason, const struct sockaddr *from, socklen_t fromlen,

@@ -329,6 +329,8 @@ static void release_block(tcpd_t *t, conn_t *c, ingest_t *in, size_t upto)
 /* Hands every complete line (or signed block) in the buffer to ingest. */
 static void conn_process(tcpd_t *t, conn_t *c, ingest_t *in, int64_t now)
 {
+    if (c->len == 0)
+        return;
     if (c->discarding) {
         char *nl = memchr(c->buf, '\n', c->len);
         if (!nl) {
@@ -356,7 +358,7 @@ static void conn_process(tcpd_t *t, conn_t *c, ingest_t *in, int64_t now)
             size_t start = pos;
             pos = (size_t)(nl - c->buf) + 1;
             if (pos - start > 5 && !memcmp(c->buf + start, "|sig:", 5)) {
-                ingest_datagram(in, c->buf, pos, (struct sockaddr *)&c->peer, c->peerlen, wall());
+                ingest_tcp_block(in, c->buf, pos, (struct sockaddr *)&c->peer, c->peerlen, wall());
                 consume(c, pos);
                 c->block_start = 0;
                 pos = 0;
@@ -394,7 +396,7 @@ static void conn_eof(tcpd_t *t, conn_t *c, ingest_t *in)
             /* a block whose |sig line lacks its newline is still a block */
             const char *lastline = nl ? nl + 1 : c->buf;
             if ((size_t)(c->buf + c->len - lastline) > 5 && !memcmp(lastline, "|sig:", 5))
-                ingest_datagram(in, c->buf, c->len, (struct sockaddr *)&c->peer, c->peerlen, wall());
+                ingest_tcp_block(in, c->buf, c->len, (struct sockaddr *)&c->peer, c->peerlen, wall());
             else if (n)
                 release_block(t, c, in, c->len);
         }
@@ -508,8 +510,24 @@ void tcpd_close(tcpd_t **pt, ingest_t *in)
     tcpd_t *t = *pt;
     if (!t)
         return;
+    /* drain: clients still in the backlog and bytes not yet read count too */
+    accept_all(t);
     while (t->conns) {
         conn_t *c = t->conns;
+        for (int i = 0; i < 64; i++) { /* bounded: a client that keeps sending is cut off */
+            if (c->len == c->cap) {
+                size_t cap = c->cap ? c->cap * 2 : TCP_INITIAL_BUF;
+                if (cap > max_buf(t))
+                    cap = max_buf(t);
+                c->buf = xrealloc(c->buf, cap);
+                c->cap = cap;
+            }
+            ssize_t n = read(c->fd, c->buf + c->len, c->cap - c->len);
+            if (n <= 0)
+                break;
+            c->len += (size_t)n;
+            conn_process(t, c, in, tmtime_mono_ns());
+        }
         conn_process(t, c, in, tmtime_mono_ns());
         conn_eof(t, c, in);
     }

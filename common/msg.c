@@ -446,8 +446,12 @@ int msg_sample_unpack(const msgpack_object *o, msg_sample_t *s, char *err, size_
         return -1;
     }
     if (s->type == MSG_ST_S) {
-        if (get_str(value, &s->member, "value", err, cap) < 0 || !s->member.p)
+        if (get_str(value, &s->member, "value", err, cap) < 0)
             return -1;
+        if (!s->member.p) {
+            snprintf(err, cap, "value: a set member must be a string");
+            return -1;
+        }
     } else if (get_f64(value, &s->value, "value", err, cap) < 0) {
         return -1;
     }
@@ -486,6 +490,8 @@ int msg_stats_unpack(const msgpack_object *o, msg_stats_t *s, msg_stat_t *entrie
 {
     memset(s, 0, sizeof *s);
     s->entries = entries;
+    if (errcap)
+        err[0] = '\0'; /* a malformed counter below may leave no reason of its own */
     if (o->type != MSGPACK_OBJECT_MAP) {
         snprintf(err, errcap, "stats is not a map");
         return -1;

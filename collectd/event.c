@@ -775,8 +775,10 @@ reason_t event_parse_msgpack(mpr_t *r, const event_limits_t *lim, scratch_t *scr
     }
     if (rr != REASON_NONE)
         return rr;
-    if (root.k != V_OBJ)
+    if (root.k != V_OBJ) {
+        *resync = false; /* not a sequence of maps: the rest is one bad record */
         return REASON_BAD_MSGPACK;
+    }
     src_t src = { .json = false, .scratch = scratch };
     return build(&src, &root, lim, ev);
 }

@@ -42,7 +42,8 @@ reason_t event_parse_json(const char *line, size_t len, const event_limits_t *li
 
 /* Parses one msgpack map at r, advancing r past it (also on most errors, so
  * the next record of a datagram can be read; *resync is false when the
- * reader is lost and the rest of the datagram must be dropped). */
+ * reader is lost, or the value is not a map, and the rest of the datagram
+ * must be dropped). */
 reason_t event_parse_msgpack(mpr_t *r, const event_limits_t *lim, scratch_t *scratch,
                              event_t *ev, bool *resync);
 

@@ -29,6 +29,8 @@ import cases_tcp  # noqa: E402,F401
 import cases_auth  # noqa: E402,F401
 import cases_lifecycle  # noqa: E402,F401
 import cases_demo  # noqa: E402,F401
+import cases_hand  # noqa: E402,F401
+import cases_hostile  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):
@@ -71,6 +73,8 @@ def run_case(name, fn, limit):
         env.close(True)
     if failed:
         reason += " [logs in %s]" % env.dir
+    elif env.notes:
+        reason = "; ".join(env.notes)
     return failed, reason
 
 
@@ -100,7 +104,7 @@ def main(argv):
             failures += 1
             print("FAIL %-*s %5.1fs  %s" % (width, name, dt, reason), flush=True)
         else:
-            print("ok   %-*s %5.1fs" % (width, name, dt), flush=True)
+            print("ok   %-*s %5.1fs%s" % (width, name, dt, "  " + reason if reason else ""), flush=True)
     total = time.monotonic() - t0
     print("%d of %d cases passed in %.1f s (TOKMON_BIN=%s)" %
           (len(selected) - failures, len(selected), total, harness.BIN))

@@ -142,7 +142,7 @@ int64_t batch_flush_due(batch_t *b, int64_t now)
     for (int k = 0; k < b->ndirty;) {
         int i = b->dirty[k];
         topic_t *t = &b->t[i];
-        if (t->count && now - t->first >= b->interval)
+        if (t->count && (now - t->first >= b->interval || now < t->first))
             send_topic(b, i);
         if (!t->count) { /* drop it from the dirty list */
             t->dirty_next = -1;

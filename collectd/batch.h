@@ -21,11 +21,12 @@ void batch_destroy(batch_t **b);
 /* Limits; changeable on reload. */
 void batch_limits(batch_t *b, size_t max_records, int64_t interval_ns);
 
-/* Adds a record; now is the monotonic clock. */
+/* Adds a record; now is the wall clock (unix ns) of its arrival. */
 void batch_usage(batch_t *b, unsigned shard, const msg_usage_t *u, int64_t now);
 void batch_sample(batch_t *b, const msg_sample_t *s, int64_t now);
 
-/* Sends every batch whose first record has waited the interval. Returns the
+/* Sends every batch whose first record has waited the interval (now: wall
+ * clock, unix ns; a clock that went back flushes at once). Returns the
  * nanoseconds until the next batch is due, or -1 when all are empty. */
 int64_t batch_flush_due(batch_t *b, int64_t now);
 /* Sends every non-empty batch. */

@@ -273,9 +273,7 @@ static reason_t statsd_usage(ingest_t *in, llm_metric_t kind, const statsd_line_
     unsigned dropped = 0;
     for (size_t i = 0; i < sl->ntags; i++) {
         const statsd_tag_t *t = &sl->tags[i];
-        if (!utf8_valid(t->key.p, t->key.len) || !utf8_valid(t->value.p, t->value.len) ||
-            memchr(t->value.p, '\0', t->value.len))
-            return REASON_BAD_UTF8;
+        /* statsd_parse has refused invalid UTF-8 and control bytes in tags */
         int dim = event_dimension(t->key);
         if (dim >= 0) {
             if (t->value.len > EVENT_MAX_STR)
@@ -406,7 +404,7 @@ static reason_t statsd_samples(ingest_t *in, const statsd_line_t *sl, const dgra
     size_t n = sl->type == STATSD_SET ? 1 : sl->nvalues;
     for (size_t i = 0; i < n; i++) {
         s.value = sl->type == STATSD_SET ? 0 : sl->values[i];
-        in->sink.sample(in->sink.arg, &s);
+        in->sink.sample(in->sink.arg, &s, d->recv_ns);
     }
     (*in->c_samples) += (int64_t)n;
     return REASON_NONE;

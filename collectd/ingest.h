@@ -21,9 +21,10 @@
 typedef struct ingest ingest_t;
 
 typedef struct {
-    /* shard: the ev.xx byte */
+    /* shard: the ev.xx byte; u->recv_ts is when its datagram arrived */
     void (*usage)(void *arg, unsigned shard, const msg_usage_t *u);
-    void (*sample)(void *arg, const msg_sample_t *s);
+    /* recv_ns: when the sample's datagram arrived (unix ns) */
+    void (*sample)(void *arg, const msg_sample_t *s, int64_t recv_ns);
     void *arg;
 } ingest_sink_t;
 

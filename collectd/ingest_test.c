@@ -68,8 +68,9 @@ static void on_usage(void *arg, unsigned shard, const msg_usage_t *u)
     s->u[i].ntags = 0;
 }
 
-static void on_sample(void *arg, const msg_sample_t *m)
+static void on_sample(void *arg, const msg_sample_t *m, int64_t recv_ns)
 {
+    (void)recv_ns;
     sink_t *s = arg;
     assert_true(s->ns < MAXREC);
     size_t i = s->ns++;

@@ -68,16 +68,18 @@ static void usage(FILE *f)
 
 /* ---- sink --------------------------------------------------------------- */
 
+/* Batches keep time by the receive clock the records already carry, so the
+ * hot path reads no clock of its own. */
 static void sink_usage(void *arg, unsigned shard, const msg_usage_t *u)
 {
     collectd_t *c = arg;
-    batch_usage(c->batch, shard, u, tmtime_mono_ns());
+    batch_usage(c->batch, shard, u, u->recv_ts);
 }
 
-static void sink_sample(void *arg, const msg_sample_t *s)
+static void sink_sample(void *arg, const msg_sample_t *s, int64_t recv_ns)
 {
     collectd_t *c = arg;
-    batch_sample(c->batch, s, tmtime_mono_ns());
+    batch_sample(c->batch, s, recv_ns);
 }
 
 /* ---- config, prices, keys ----------------------------------------------- */
@@ -287,8 +289,8 @@ static void run(collectd_t *c)
                 break; /* EP_BUS: checked below on every turn */
             }
         }
+        batch_due = batch_flush_due(c->batch, tmtime_now_ns());
         now = tmtime_mono_ns();
-        batch_due = batch_flush_due(c->batch, now);
         if (bus_pub_poll_subscribed(c->pub, "stats"))
             publish_stats(c); /* a new reader gets the counters at once */
         if (now >= c->next_stats) {

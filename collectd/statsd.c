@@ -26,6 +26,28 @@ static const unsigned char special[128] = {
 
 static inline bool is_ctrl(unsigned char c) { return c < 0x20 || c == 0x7f; }
 
+/* Bytes that need no decision inside a tag list: printable ASCII other than
+ * the separators. Tag lists are most of a DogStatsD line, so they are skipped
+ * over in a tight loop and only the rest goes through the checks. */
+#define P16(x) x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x
+static const unsigned char tag_plain[256] = {
+    P16(0), P16(0),
+    /* 0x20 ' ' ! " # $ % & ' ( ) * + , - . / */
+    0, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 1,
+    /* 0x30 0-9 : ; < = > ? */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0, 1, 1,
+    /* 0x40 @ A-O */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x50 P-Z [ \ ] ^ _ */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 0, 1, 1,
+    /* 0x60 ` a-o */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1,
+    /* 0x70 p-z { | } ~ DEL */
+    1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 1, 1, 0,
+    P16(0), P16(0), P16(0), P16(0), P16(0), P16(0), P16(0), P16(0),
+};
+#undef P16
+
 /* Length (2..4) of the well-formed UTF-8 sequence starting at p, which
  * holds avail >= 1 bytes and p[0] >= 0x80; 0 when it is not well formed
  * (stray continuation, overlong form, surrogate, above U+10FFFF, truncated). */
@@ -179,6 +201,10 @@ static statsd_result_t parse_tags(const unsigned char *s, size_t len, size_t *po
         bool has_sep = false;
 
         for (; i < len; i++) {
+            while (i < len && tag_plain[s[i]])
+                i++;
+            if (i == len)
+                break;
             unsigned char c = s[i];
             if (c >= 0x80) {
                 size_t n = utf8_len(s + i, len - i);

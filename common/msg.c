@@ -3,6 +3,7 @@
 #include "mpw.h"
 
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <string.h>
 
@@ -133,7 +134,8 @@ static int get_tags(const msgpack_object *v, msg_tag_t *tags, size_t *n, size_t 
 
 void msg_usage_init(msg_usage_t *u)
 {
-    memset(u, 0, sizeof *u);
+    /* everything but the tag array, which ntags = 0 makes unread */
+    memset(u, 0, offsetof(msg_usage_t, tags));
     u->latency_us = -1;
     u->ttft_us = -1;
     u->retries = -1;

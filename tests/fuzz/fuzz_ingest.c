@@ -48,8 +48,9 @@ static void check_usage(void *arg, unsigned shard, const msg_usage_t *u)
     msgpack_unpacked_destroy(&up);
 }
 
-static void check_sample(void *arg, const msg_sample_t *s)
+static void check_sample(void *arg, const msg_sample_t *s, int64_t recv_ns)
 {
+    (void)recv_ns;
     (void)arg;
     mbuf_reset(&mb);
     msgpack_packer pk;

@@ -182,13 +182,14 @@ int bus_envelope_decode(const void *data, size_t len, msgpack_unpacked *up, bus_
             m->body = val;
         }
     }
-    if (!have_v || !m->src.p || !have_seq || !have_ts || !m->kind.p || !m->body) {
-        snprintf(err, errcap, "envelope lacks v, src, seq, ts, kind or body");
-        return -1;
-    }
-    if (v != MSG_VERSION) {
+    /* the version first: another version may well have other fields */
+    if (have_v && v != MSG_VERSION) {
         snprintf(err, errcap, "envelope version %llu is not %d", (unsigned long long)v, MSG_VERSION);
         errno = EPROTONOSUPPORT;
+        return -1;
+    }
+    if (!have_v || !m->src.p || !have_seq || !have_ts || !m->kind.p || !m->body) {
+        snprintf(err, errcap, "envelope lacks v, src, seq, ts, kind or body");
         return -1;
     }
     return 0;

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dec.h"
@@ -398,7 +399,7 @@ static bool endpoint_ok(const char *v)
         for (const char *p = colon + 1; *p; p++)
             if (!isdigit((unsigned char)*p) && !(*p == '*' && p == colon + 1 && !p[1]))
                 return false;
-        return true;
+        return colon[1] == '*' || strtol(colon + 1, NULL, 10) <= 65535;
     }
     if (!strncmp(v, "ipc://", 6) || !strncmp(v, "inproc://", 9))
         return strchr(v, '/')[2] != '\0';
@@ -1044,7 +1045,9 @@ static int validate_global(cfg_t *cfg, void *sect, const char *name, char *err, 
         char path[512];
         snprintf(path, sizeof path, "%s/%s", dir && *dir ? dir : "/usr/share/zoneinfo",
                  g->timezone);
-        if (strstr(g->timezone, "..") || g->timezone[0] == '/' || access(path, R_OK) != 0) {
+        struct stat st; /* a zone is a readable file: "Europe" is a directory */
+        if (strstr(g->timezone, "..") || g->timezone[0] == '/' || access(path, R_OK) != 0 ||
+            stat(path, &st) != 0 || !S_ISREG(st.st_mode)) {
             snprintf(err, cap, "timezone '%s' is not a known zone (%s)", g->timezone, path);
             return -1;
         }
@@ -1062,7 +1065,7 @@ static int derive_replay(char **replay, const char *pub, char *err, size_t cap)
         const char *colon = strrchr(pub, ':');
         char *end;
         long port = strtol(colon + 1, &end, 10);
-        if (*end || port <= 0 || port + 10 > 65535) {
+        if (*end || port <= 0 || port > 65535 - 10) { /* (port + 10 could overflow) */
             *replay = xstrdup("");
             snprintf(err, cap, "cannot derive a replay port from '%s'; set it", pub);
             return -1;

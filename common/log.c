@@ -6,7 +6,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "utf8.h"
+
 #define LOG_LINE_MAX 4096
+/* JSON lines stop adding text here, so that closing quotes and braces always
+ * fit and every line stays one valid JSON object */
+#define JSON_ROOM (LOG_LINE_MAX - 32)
 #define COMPLAIN_FIRST_NS 1000000000LL
 #define COMPLAIN_MAX_NS (300LL * 1000000000LL)
 
@@ -36,6 +41,13 @@ void log_set_level(log_level_t level) { g_log.level = level; }
 
 bool log_enabled(log_level_t level) { return level <= g_log.level; }
 
+static size_t quoted_len(unsigned char c)
+{
+    if (c == '"' || c == '\\' || c == '\n' || c == '\t')
+        return 2;
+    return c < 0x20 || c >= 0x7f ? 4 : 1;
+}
+
 char *log_quote(char *out, size_t cap, const void *src, size_t len)
 {
     const unsigned char *s = src;
@@ -45,6 +57,11 @@ char *log_quote(char *out, size_t cap, const void *src, size_t len)
             out[0] = '\0';
         return out;
     }
+    /* cut only what does not fit with its quotes and NUL */
+    size_t whole = 2 + 1;
+    for (size_t i = 0; i < len && whole <= cap; i++)
+        whole += quoted_len(s[i]);
+    const size_t keep = whole <= cap ? cap : cap - 3; /* else room for "..." */
     out[o++] = '"';
     size_t i;
     for (i = 0; i < len; i++) {
@@ -68,7 +85,7 @@ char *log_quote(char *out, size_t cap, const void *src, size_t len)
             tmp[0] = (char)c;
             n = 1;
         }
-        if (o + n + 5 > cap) /* room for ...", and NUL */
+        if (o + n + 1 + 1 > keep) /* the closing quote and NUL */
             break;
         memcpy(out + o, tmp, n);
         o += n;
@@ -92,22 +109,36 @@ static size_t put(char *buf, size_t o, const char *s, size_t n)
     return o + n;
 }
 
+/* Writes s[0..n) as a JSON string: valid UTF-8 as it is, any other byte as
+ * the text \xNN (as log_quote() shows it). Stops, with "...", before
+ * JSON_ROOM rather than cut an escape or a character in two. */
 static size_t put_json_str(char *buf, size_t o, const char *s, size_t n)
 {
     o = put(buf, o, "\"", 1);
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
+    for (size_t i = 0; i < n;) {
+        const unsigned char *c = (const unsigned char *)s + i;
         char tmp[8];
-        if (c == '"' || c == '\\') {
+        const char *t = tmp;
+        size_t k = 1, tl;
+        if (*c == '"' || *c == '\\') {
             tmp[0] = '\\';
-            tmp[1] = (char)c;
-            o = put(buf, o, tmp, 2);
-        } else if (c < 0x20 || c == 0x7f) {
-            int k = snprintf(tmp, sizeof tmp, "\\u%04x", c);
-            o = put(buf, o, tmp, (size_t)k);
+            tmp[1] = (char)*c;
+            tl = 2;
+        } else if (*c < 0x20 || *c == 0x7f) {
+            tl = (size_t)snprintf(tmp, sizeof tmp, "\\u%04x", *c);
+        } else if (*c < 0x80 || (k = utf8_seq(c, n - i)) > 0) {
+            t = (const char *)c;
+            tl = k;
         } else {
-            o = put(buf, o, (const char *)&c, 1);
+            k = 1;
+            tl = (size_t)snprintf(tmp, sizeof tmp, "\\\\x%02x", *c);
         }
+        if (o + tl > JSON_ROOM) {
+            o = put(buf, o, "...", 3);
+            break;
+        }
+        o = put(buf, o, t, tl);
+        i += k;
     }
     return put(buf, o, "\"", 1);
 }
@@ -146,7 +177,7 @@ static size_t kv_to_json(char *buf, size_t o, const char *kv)
     while (*p) {
         while (*p == ' ')
             p++;
-        if (!*p)
+        if (!*p || o + 16 > JSON_ROOM) /* no room for another pair */
             break;
         const char *k = p;
         while (*p && *p != '=' && *p != ' ')

@@ -56,8 +56,9 @@ int tmtime_rfc3339_parse(const char *s, size_t len, int64_t *ns)
     if (mo < 1 || mo > 12 || d < 1 || d > mdays[mo - 1] + (mo == 2 && leap(y)) || h > 23 ||
         mi > 59 || se > 60)
         goto bad;
-    if (se == 60) /* a leap second folds onto the next second's start */
-        se = 59;
+    /* a leap second folds onto the next second's start (23:59:60.5 is
+     * 00:00:00.000), so that times never run backwards across it */
+    const bool leap_second = se == 60;
     size_t i = 19;
     int64_t frac = 0;
     if (i < len && s[i] == '.') {
@@ -74,6 +75,8 @@ int tmtime_rfc3339_parse(const char *s, size_t len, int64_t *ns)
         for (size_t k = nd; k < 9; k++)
             frac *= 10;
     }
+    if (leap_second)
+        frac = 0;
     if (i >= len)
         goto bad;
     int64_t off = 0;

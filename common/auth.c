@@ -35,11 +35,16 @@ int auth_key_decode(const char *b64, size_t len, unsigned char key[AUTH_KEY_BYTE
 {
     size_t got = 0;
     const char *end;
-    if (sodium_base642bin(key, AUTH_KEY_BYTES, b64, len, NULL, &got, &end,
-                          sodium_base64_VARIANT_ORIGINAL) != 0 ||
-        got != AUTH_KEY_BYTES || end != b64 + len)
-        return -1;
-    return 0;
+    unsigned char tmp[AUTH_KEY_BYTES];
+    int rc = sodium_base642bin(tmp, sizeof tmp, b64, len, NULL, &got, &end,
+                               sodium_base64_VARIANT_ORIGINAL) != 0 ||
+                     got != AUTH_KEY_BYTES || end != b64 + len
+                 ? -1
+                 : 0;
+    if (rc == 0) /* the caller's key is untouched on failure */
+        memcpy(key, tmp, sizeof tmp);
+    sodium_memzero(tmp, sizeof tmp);
+    return rc;
 }
 
 auth_keys_t *auth_keys_parse(const char *text, size_t len, const char *name, char *err,

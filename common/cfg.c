@@ -494,8 +494,10 @@ static int set_value(const key_t_ *k, void *sect, const char *val, char *err, si
     }
     case T_DECIMAL: {
         __int128 v;
-        if (dec_parse(val, strlen(val), 24, DEC_EXACT, &v) < 0 || v < 0) {
-            snprintf(err, cap, "'%s' is not a non-negative rate in USD per token exact to 1e-24", val);
+        /* the cap of the price table (2^80 units of 1e-24 USD, about $1.2 a token) */
+        if (dec_parse(val, strlen(val), 24, DEC_EXACT, &v) < 0 || v < 0 || (v >> 80) != 0) {
+            snprintf(err, cap,
+                     "'%s' is not a rate in USD per token from 0 to 1.2, exact to 1e-24", val);
             return -1;
         }
         free(*(char **)f);

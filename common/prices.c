@@ -324,6 +324,11 @@ static void set_version(prices_t *p, const char *json, size_t len, const cfg_t *
         const char *lp = o->litellm_provider ? o->litellm_provider : "";
         crypto_generichash_update(&st, (const unsigned char *)lp, strlen(lp) + 1);
     }
+    /* aliases decide which entry prices a call, so they are part of the version */
+    for (size_t i = 0; cfg && i < cfg->collectd.provider_aliases.n; i++) {
+        const char *a = cfg->collectd.provider_aliases.v[i];
+        crypto_generichash_update(&st, (const unsigned char *)a, strlen(a) + 1);
+    }
     crypto_generichash_final(&st, h, sizeof h);
     for (int i = 0; i < 6; i++)
         snprintf(p->version + 2 * i, 3, "%02x", h[i]);

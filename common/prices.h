@@ -57,9 +57,11 @@ const char *prices_version(const prices_t *p);
 size_t prices_count(const prices_t *p);
 size_t prices_skipped(const prices_t *p);
 
-/* Canonical provider name: lower case, aliases applied (gcp.gemini → gemini,
- * aws.bedrock → bedrock, x_ai → xai, ...). Writes into out; returns the
- * length, or -1 when out is too small or the name empty/too long. */
+/* Canonical provider name: lower case, with the table's aliases applied
+ * (the built-in ones, gcp.gemini → gemini, aws.bedrock → bedrock, x_ai → xai,
+ * ..., and the config's provider_aliases); p NULL only lower-cases. Writes
+ * into out; returns the length, or -1 when out is too small or the name
+ * empty or too long. */
 int prices_canon_provider(const prices_t *p, span_t provider, char *out, size_t cap);
 
 /* Finds the price of model for canonical provider. *price is NULL for

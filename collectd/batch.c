@@ -4,6 +4,7 @@
 #include <stdlib.h>
 
 #include "mbuf.h"
+#include "mpw.h"
 #include "tmtime.h"
 #include "xalloc.h"
 
@@ -20,6 +21,7 @@ typedef struct {
 
 struct batch {
     bus_pub_t *pub;
+    size_t room; /* free bytes before the records: envelope header and array header */
     topic_t t[NTOPICS];
     int dirty[NTOPICS];
     int ndirty;
@@ -32,6 +34,7 @@ batch_t *batch_new(bus_pub_t *pub, stats_t *st)
 {
     batch_t *b = xcalloc(1, sizeof *b);
     b->pub = pub;
+    b->room = bus_pub_headroom(pub) + 5;
     b->max_records = 256;
     b->interval = 2 * TMTIME_NS_PER_MS;
     for (int i = 0; i < NTOPICS; i++)
@@ -60,6 +63,8 @@ void batch_limits(batch_t *b, size_t max_records, int64_t interval_ns)
     b->interval = interval_ns;
 }
 
+/* Sends a topic's batch without copying it: the array header and then the
+ * envelope header go into the room left before the records. */
 static void send_topic(batch_t *b, int i)
 {
     topic_t *t = &b->t[i];
@@ -71,33 +76,18 @@ static void send_topic(batch_t *b, int i)
         snprintf(name, sizeof name, "metric");
     else
         snprintf(name, sizeof name, "ev.%02x", i);
-    unsigned char hdr[5];
-    size_t hl;
-    if (t->count < 16) {
-        hdr[0] = (unsigned char)(0x90 | t->count);
-        hl = 1;
-    } else if (t->count <= 0xffff) {
-        hdr[0] = 0xdc;
-        hdr[1] = (unsigned char)(t->count >> 8);
-        hdr[2] = (unsigned char)t->count;
-        hl = 3;
-    } else {
-        hdr[0] = 0xdd;
-        hdr[1] = (unsigned char)(t->count >> 24);
-        hdr[2] = (unsigned char)(t->count >> 16);
-        hdr[3] = (unsigned char)(t->count >> 8);
-        hdr[4] = (unsigned char)t->count;
-        hl = 5;
-    }
-    if (bus_pub_send(b->pub, name, i == METRIC ? MSG_KIND_SAMPLE : MSG_KIND_USAGE, hdr, hl,
-                     t->buf.data, t->buf.len) < 0)
+    char *hdr = t->buf.data + b->room - 5;
+    hdr[0] = (char)0xdd; /* array32: the room has a fixed size */
+    mpw_be32(hdr + 1, (uint32_t)t->count);
+    size_t records = t->count;
+    if (bus_pub_send_owned(b->pub, name, i == METRIC ? MSG_KIND_SAMPLE : MSG_KIND_USAGE, &t->buf,
+                           b->room - 5) < 0) {
         (*b->c_errors)++;
+        mbuf_free(&t->buf); /* not sent: the records are lost, and counted */
+    }
     (*b->c_msgs)++;
-    *b->c_records += (int64_t)t->count;
+    *b->c_records += (int64_t)records;
     t->count = 0;
-    mbuf_reset(&t->buf);
-    if (t->buf.cap > 4 * MAX_BYTES) /* let a burst's memory go */
-        mbuf_free(&t->buf);
     *b->c_flush_ns += tmtime_mono_ns() - t0;
 }
 
@@ -106,6 +96,10 @@ static topic_t *begin(batch_t *b, int i, int64_t now)
     topic_t *t = &b->t[i];
     if (t->count == 0) {
         t->first = now;
+        if (t->buf.len < b->room) { /* a fresh buffer: leave the room for the headers */
+            mbuf_reserve(&t->buf, b->room + 65536);
+            t->buf.len = b->room;
+        }
         if (t->dirty_next < 0) {
             t->dirty_next = b->ndirty;
             b->dirty[b->ndirty++] = i;
@@ -117,7 +111,7 @@ static topic_t *begin(batch_t *b, int i, int64_t now)
 static void end(batch_t *b, int i, topic_t *t)
 {
     t->count++;
-    if (t->count >= b->max_records || t->buf.len >= MAX_BYTES)
+    if (t->count >= b->max_records || t->buf.len - b->room >= MAX_BYTES)
         send_topic(b, i);
 }
 

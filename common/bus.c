@@ -8,6 +8,7 @@
 
 #include "mbuf.h"
 #include "mpr.h"
+#include "mpw.h"
 #include "msg.h"
 #include "tmtime.h"
 #include "xalloc.h"
@@ -19,7 +20,6 @@ struct bus_pub {
     char *src;
     uint64_t seq; /* last sent */
     bus_pub_opts_t opts;
-    mbuf_t buf;
 };
 
 bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
@@ -57,54 +57,95 @@ void bus_pub_destroy(bus_pub_t **pp)
         return;
     zmq_close(p->sock);
     free(p->src);
-    mbuf_free(&p->buf);
     free(p);
     *pp = NULL;
 }
 
-static void pack_cstr(msgpack_packer *pk, const char *s)
+#define KIND_MAX 32
+
+size_t bus_pub_headroom(const bus_pub_t *p)
 {
-    size_t n = strlen(s);
-    msgpack_pack_str(pk, n);
-    msgpack_pack_str_body(pk, s, n);
+    /* map, v, src, seq and ts as full-width integers, kind, "body" */
+    return 1 + 2 + 1 + 4 + MPW_STR_HDR + strlen(p->src) + 4 + 9 + 3 + 9 + 5 + MPW_STR_HDR +
+           KIND_MAX + 5;
+}
+
+static void free_base(void *data, void *hint)
+{
+    (void)data;
+    free(hint);
+}
+
+int bus_pub_send_owned(bus_pub_t *p, const char *topic, const char *kind, mbuf_t *buf,
+                       size_t body_off)
+{
+    size_t kl = strlen(kind);
+    if (kl > KIND_MAX || body_off < bus_pub_headroom(p) || body_off > buf->len) {
+        errno = EINVAL;
+        return -1;
+    }
+    /* the header, written just before the body so the envelope is contiguous */
+    char hdr[256 + 128];
+    char *h = hdr;
+    uint64_t seq = p->seq + 1;
+    h = mpw_map(h, 6);
+    h = MPW_KEY(h, "v");
+    h = mpw_uint(h, MSG_VERSION);
+    h = MPW_KEY(h, "src");
+    h = mpw_str(h, p->src, strlen(p->src));
+    h = MPW_KEY(h, "seq");
+    *h++ = (char)0xcf;
+    h = mpw_be64(h, seq);
+    h = MPW_KEY(h, "ts");
+    *h++ = (char)0xd3;
+    h = mpw_be64(h, (uint64_t)tmtime_now_ns());
+    h = MPW_KEY(h, "kind");
+    h = mpw_str(h, kind, kl);
+    h = MPW_KEY(h, "body");
+    size_t hl = (size_t)(h - hdr);
+    size_t start = body_off - hl;
+    memcpy(buf->data + start, hdr, hl);
+    size_t len = buf->len - start;
+    if (len > BUS_MAX_MSG) {
+        errno = EMSGSIZE;
+        return -1;
+    }
+    if (p->opts.before_send &&
+        p->opts.before_send(p->opts.arg, topic, seq, buf->data + start, len) != 0)
+        return -1;
+    p->seq = seq;
+    /* ZeroMQ takes the buffer as it is and frees it when sent */
+    zmq_msg_t m;
+    char *base = buf->data;
+    *buf = (mbuf_t){ 0 };
+    if (zmq_msg_init_data(&m, base + start, len, free_base, base) != 0) {
+        free(base);
+        return -1;
+    }
+    size_t tl = strlen(topic);
+    if (zmq_send(p->sock, topic, tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return -1; /* the seq is spent: subscribers see a gap, which replay heals */
+    }
+    if (zmq_msg_send(&m, p->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(&m);
+        return -1;
+    }
+    return 0;
 }
 
 int bus_pub_send(bus_pub_t *p, const char *topic, const char *kind, const void *head,
                  size_t headlen, const void *tail, size_t taillen)
 {
-    msgpack_packer pk;
-    mbuf_reset(&p->buf);
-    mbuf_packer(&p->buf, &pk);
-    uint64_t seq = p->seq + 1;
-    msgpack_pack_map(&pk, 6);
-    pack_cstr(&pk, "v");
-    msgpack_pack_uint32(&pk, MSG_VERSION);
-    pack_cstr(&pk, "src");
-    pack_cstr(&pk, p->src);
-    pack_cstr(&pk, "seq");
-    msgpack_pack_uint64(&pk, seq);
-    pack_cstr(&pk, "ts");
-    msgpack_pack_int64(&pk, tmtime_now_ns());
-    pack_cstr(&pk, "kind");
-    pack_cstr(&pk, kind);
-    pack_cstr(&pk, "body");
-    mbuf_append(&p->buf, head, headlen);
-    mbuf_append(&p->buf, tail, taillen);
-    if (p->buf.len > BUS_MAX_MSG) {
-        errno = EMSGSIZE;
-        return -1;
-    }
-    if (p->opts.before_send &&
-        p->opts.before_send(p->opts.arg, topic, seq, p->buf.data, p->buf.len) != 0)
-        return -1;
-    p->seq = seq;
-    size_t tl = strlen(topic);
-    if (zmq_send(p->sock, topic, tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
-        zmq_send(p->sock, p->buf.data, p->buf.len, ZMQ_DONTWAIT) < 0) {
-        /* the seq is spent: subscribers see a gap, which replay heals */
-        return -1;
-    }
-    return 0;
+    size_t room = bus_pub_headroom(p);
+    mbuf_t b = { 0 };
+    mbuf_reserve(&b, room + headlen + taillen);
+    b.len = room;
+    mbuf_append(&b, head, headlen);
+    mbuf_append(&b, tail, taillen);
+    int rc = bus_pub_send_owned(p, topic, kind, &b, room);
+    mbuf_free(&b); /* still ours when the send was refused */
+    return rc;
 }
 
 uint64_t bus_pub_last_seq(const bus_pub_t *p) { return p->seq; }

@@ -13,6 +13,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "mbuf.h"
 #include "span.h"
 
 #define BUS_MAX_MSG (64u << 20) /* bytes in one envelope */
@@ -57,6 +58,15 @@ void bus_pub_destroy(bus_pub_t **pub);
  * -1 with errno. */
 int bus_pub_send(bus_pub_t *pub, const char *topic, const char *kind, const void *head,
                  size_t headlen, const void *tail, size_t taillen);
+
+/* Zero-copy publishing, for the collector's batches: buf holds the body
+ * from body_off on, with at least bus_pub_headroom() free bytes before it,
+ * where the envelope header is written. On success ZeroMQ owns the memory
+ * and *buf is reset to empty; on failure *buf is unchanged (the caller
+ * frees or reuses it). Returns 0 or -1 with errno. */
+size_t bus_pub_headroom(const bus_pub_t *pub);
+int bus_pub_send_owned(bus_pub_t *pub, const char *topic, const char *kind, mbuf_t *buf,
+                       size_t body_off);
 
 uint64_t bus_pub_last_seq(const bus_pub_t *pub);
 const char *bus_pub_src(const bus_pub_t *pub);

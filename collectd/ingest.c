@@ -174,12 +174,12 @@ typedef struct {
 /* Prices a record and hands it on. Returns why it was refused, if it was. */
 static reason_t emit_usage(ingest_t *in, msg_usage_t *u, bool has_cost, const dgram_t *d)
 {
-    char prov[300];
-    int pl = prices_canon_provider(in->prices, u->provider, prov, sizeof prov);
-    if (pl < 0)
+    span_t sent = u->provider, canon;
+    const price_t *p;
+    int m = prices_resolve(in->prices, u->provider, u->model, &canon, &p);
+    if (m < 0)
         return REASON_BAD_FIELD;
-    span_t sent = u->provider; /* prov lives only in this frame */
-    u->provider = span_make(prov, (size_t)pl);
+    u->provider = canon; /* valid until the next resolve: the sink packs it first */
     u->recv_ts = d->recv_ns;
     if (u->ts == 0)
         u->ts = d->recv_ns;
@@ -189,8 +189,6 @@ static reason_t emit_usage(ingest_t *in, msg_usage_t *u, bool has_cost, const dg
         u->cost_source = SPAN_LIT("reported");
         u->price_version = SPAN_NULL;
     } else {
-        const price_t *p;
-        prices_match_t m = prices_lookup(in->prices, u->provider, u->model, &p);
         u->price_version = span_cstr(prices_version(in->prices));
         if (m != PRICES_FOUND)
             (*stats_counter2(in->stats, "unpriced_requests_total", "provider", u->provider.p,

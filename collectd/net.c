@@ -33,7 +33,8 @@ struct dgramd {
     struct mmsghdr msgs[VLEN];
     struct iovec iov[VLEN];
     struct sockaddr_storage addrs[VLEN];
-    char (*bufs)[DGRAM_MAX];
+    char *mem;
+    char *bufs[VLEN];
     char ctrl[VLEN][CMSG_SPACE(sizeof(uint32_t))];
     uint32_t last_drops;
     int64_t *c_drops, *c_truncated, *c_rcvbuf;
@@ -59,8 +60,12 @@ static dgramd_t *dgramd_new(int epfd, int fd, stats_t *st, const char *name, cha
     d->fd = fd;
     d->epfd = epfd;
     snprintf(d->name, sizeof d->name, "%s", name);
-    d->bufs = xmalloc((size_t)VLEN * DGRAM_MAX);
+    /* each slot starts at a different cache-line offset: 64 KiB-aligned
+     * slots would all map to the same cache sets, and the small datagrams
+     * that are the common case would evict each other */
+    d->mem = xmalloc((size_t)VLEN * (DGRAM_MAX + 64 * 17));
     for (int i = 0; i < VLEN; i++) {
+        d->bufs[i] = d->mem + (size_t)i * (DGRAM_MAX + 64 * 17);
         d->iov[i].iov_base = d->bufs[i];
         d->iov[i].iov_len = DGRAM_MAX;
         d->msgs[i].msg_hdr.msg_iov = &d->iov[i];
@@ -77,7 +82,7 @@ static dgramd_t *dgramd_new(int epfd, int fd, stats_t *st, const char *name, cha
     if (epoll_ctl(epfd, EPOLL_CTL_ADD, fd, &ev) < 0) {
         snprintf(err, errcap, "epoll_ctl: %s", strerror(errno));
         close(fd);
-        free(d->bufs);
+        free(d->mem);
         free(d);
         return NULL;
     }
@@ -161,7 +166,7 @@ void dgramd_close(dgramd_t **pd)
         unlink(d->unix_path);
         free(d->unix_path);
     }
-    free(d->bufs);
+    free(d->mem);
     free(d);
     *pd = NULL;
 }

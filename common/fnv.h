@@ -9,15 +9,20 @@
 #define FNV64_OFFSET 0xcbf29ce484222325ULL
 #define FNV64_PRIME 0x100000001b3ULL
 
-static inline uint64_t fnv1a64(const void *p, size_t n)
+/* Continues hash h over p[0..n), so a key in pieces needs no copy. */
+static inline uint64_t fnv1a64_more(uint64_t h, const void *p, size_t n)
 {
     const unsigned char *s = p;
-    uint64_t h = FNV64_OFFSET;
     for (size_t i = 0; i < n; i++) {
         h ^= s[i];
         h *= FNV64_PRIME;
     }
     return h;
+}
+
+static inline uint64_t fnv1a64(const void *p, size_t n)
+{
+    return fnv1a64_more(FNV64_OFFSET, p, n);
 }
 
 #endif

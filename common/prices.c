@@ -27,6 +27,16 @@ typedef struct {
     const price_t *price;
 } cache_slot_t;
 
+typedef struct {
+    char *provider, *model; /* as sent; NULL when free */
+    uint32_t plen, mlen;
+    uint64_t hash;
+    char *canon;
+    uint32_t canon_len;
+    prices_match_t match;
+    const price_t *price;
+} resolve_slot_t;
+
 struct prices {
     price_t *entries;
     size_t n, cap;
@@ -42,6 +52,8 @@ struct prices {
     size_t skipped;
     cache_slot_t *cache;
     size_t cache_used;
+    resolve_slot_t *rcache; /* (provider as sent, model) -> canonical provider, price */
+    size_t rcache_used;
 };
 
 static const char *const field_names[] = {
@@ -358,6 +370,7 @@ prices_t *prices_load_buf(const char *json, size_t len, const char *name, const 
     alias_index_build(p);
     set_version(p, json, len, cfg);
     p->cache = xcalloc(CACHE_SLOTS, sizeof *p->cache);
+    p->rcache = xcalloc(CACHE_SLOTS, sizeof *p->rcache);
     return p;
 fail:
     prices_destroy(&p);
@@ -401,6 +414,18 @@ prices_t *prices_load(const char *path, const cfg_t *cfg, char *err, size_t errc
     return p;
 }
 
+static void rcache_clear(prices_t *p)
+{
+    for (size_t i = 0; i < CACHE_SLOTS; i++) {
+        resolve_slot_t *r = &p->rcache[i];
+        free(r->provider);
+        free(r->model);
+        free(r->canon);
+        *r = (resolve_slot_t){ 0 };
+    }
+    p->rcache_used = 0;
+}
+
 static void cache_clear(prices_t *p)
 {
     for (size_t i = 0; i < CACHE_SLOTS; i++) {
@@ -432,6 +457,9 @@ void prices_destroy(prices_t **pp)
     if (p->cache)
         cache_clear(p);
     free(p->cache);
+    if (p->rcache)
+        rcache_clear(p);
+    free(p->rcache);
     free(p);
     *pp = NULL;
 }
@@ -561,6 +589,51 @@ miss:
         return PRICES_DEFAULT;
     }
     return PRICES_UNKNOWN;
+}
+
+int prices_resolve(prices_t *p, span_t provider, span_t model, span_t *canon,
+                   const price_t **price)
+{
+    if (provider.len == 0 || provider.len > MAX_NAME || model.len > MAX_NAME)
+        return -1;
+    uint64_t h = fnv1a64_more(fnv1a64(provider.p, provider.len), "", 1);
+    h = fnv1a64_more(h, model.p, model.len);
+    size_t slot = (size_t)h & (CACHE_SLOTS - 1);
+    for (size_t probe = 0; probe < CACHE_SLOTS; probe++) {
+        resolve_slot_t *r = &p->rcache[(slot + probe) & (CACHE_SLOTS - 1)];
+        if (!r->provider) {
+            char c[MAX_NAME + 1];
+            int cl = prices_canon_provider(p, provider, c, sizeof c);
+            if (cl < 0)
+                return -1;
+            const price_t *e;
+            prices_match_t m = prices_lookup(p, span_make(c, (size_t)cl), model, &e);
+            if (p->rcache_used >= CACHE_SLOTS / 2) {
+                rcache_clear(p); /* bounded: hostile names cannot grow it */
+                r = &p->rcache[slot];
+            }
+            r->provider = xstrndup(provider.p, provider.len);
+            r->plen = (uint32_t)provider.len;
+            r->model = xstrndup(model.p, model.len);
+            r->mlen = (uint32_t)model.len;
+            r->hash = h;
+            r->canon = xstrndup(c, (size_t)cl);
+            r->canon_len = (uint32_t)cl;
+            r->match = m;
+            r->price = e;
+            p->rcache_used++;
+            *canon = span_make(r->canon, r->canon_len);
+            *price = e;
+            return (int)m;
+        }
+        if (r->hash == h && r->plen == provider.len && r->mlen == model.len &&
+            !memcmp(r->provider, provider.p, provider.len) && !memcmp(r->model, model.p, model.len)) {
+            *canon = span_make(r->canon, r->canon_len);
+            *price = r->price;
+            return (int)r->match;
+        }
+    }
+    return -1; /* not reached: the cache is never more than half full */
 }
 
 /* ---- cost --------------------------------------------------------------- */

@@ -68,6 +68,13 @@ int prices_canon_provider(const prices_t *p, span_t provider, char *out, size_t 
  * PRICES_UNKNOWN. Results are cached. */
 prices_match_t prices_lookup(prices_t *p, span_t provider, span_t model, const price_t **price);
 
+/* The hot path's one step: the canonical provider and the price of
+ * (provider as sent, model), from a bounded cache. *canon points into the
+ * table and stays valid until the next call on it. Returns the match, or -1
+ * when the provider name is empty or longer than 256 bytes. */
+int prices_resolve(prices_t *p, span_t provider, span_t model, span_t *canon,
+                   const price_t **price);
+
 /* Cost of a call in nano-dollars (DESIGN section 3). Returns 0, or -1 when
  * the tokens are inconsistent (parts above their whole) or the cost does not
  * fit in int64. */

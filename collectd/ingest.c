@@ -22,6 +22,7 @@ struct ingest {
     const cfg_t *cfg;
     prices_t *prices;
     const auth_keys_t *keys;
+    span_t price_version; /* of prices, kept to spare a strlen per record */
     auth_guard_t *guard;
     stats_t *stats;
     ingest_sink_t sink;
@@ -57,6 +58,7 @@ static bool is_auth_reason(reason_t r)
 
 static void apply_cfg(ingest_t *in)
 {
+    in->price_version = span_cstr(prices_version(in->prices));
     in->lim.max_tags = (size_t)in->cfg->collectd.max_tags;
     in->lim.max_tag_len = (size_t)in->cfg->collectd.max_tag_len;
     size_t cap = (size_t)in->cfg->collectd.max_line + 4096;
@@ -189,7 +191,7 @@ static reason_t emit_usage(ingest_t *in, msg_usage_t *u, bool has_cost, const dg
         u->cost_source = SPAN_LIT("reported");
         u->price_version = SPAN_NULL;
     } else {
-        u->price_version = span_cstr(prices_version(in->prices));
+        u->price_version = in->price_version;
         if (m != PRICES_FOUND)
             (*stats_counter2(in->stats, "unpriced_requests_total", "provider", u->provider.p,
                              u->provider.len, "model", u->model.p, u->model.len, 200)) +=
@@ -462,6 +464,11 @@ static void handle_lines(ingest_t *in, const char *buf, size_t len, const dgram_
             n--;
         if (n == 0)
             continue; /* blank lines separate nothing */
+        if (line[0] == '|' && n > 5 && !memcmp(line, "|sig:", 5) &&
+            in->cfg->collectd.auth == CFG_AUTH_OFF) {
+            (*in->c_sig_ignored)++; /* a signed datagram while auth is off: taken unsigned */
+            continue;
+        }
         (*in->c_records)++;
         if (n > max) {
             refuse(in, REASON_LINE_TOO_LONG, d->from, d->fromlen, line, n);
@@ -548,13 +555,11 @@ void ingest_datagram(ingest_t *in, const char *buf, size_t len, const struct soc
         return;
     }
     size_t plen = len;
-    bool has_sig = auth_find(buf, len, &plen);
     int mode = in->cfg->collectd.auth;
+    /* with auth off, a sig line is skipped (and counted) by handle_lines */
+    bool has_sig = mode != CFG_AUTH_OFF && auth_find(buf, len, &plen);
     if (mode == CFG_AUTH_OFF) {
-        if (has_sig)
-            (*in->c_sig_ignored)++;
-        else
-            plen = len;
+        plen = len;
     } else if (has_sig) {
         auth_result_t ar = verify(in, buf, len, plen, &d);
         if (ar != AUTH_OK) {

@@ -24,6 +24,33 @@
 
 /* ---- datagram sockets --------------------------------------------------- */
 
+/* A non-blocking socket bound at a, with SO_REUSEPORT (so a new collector
+ * can start before the old one stops); -1 with err on failure. */
+static int bound_socket(const addr_t *a, int type, const char *what, char *err, size_t errcap)
+{
+    int fd = socket(a->ss.ss_family, type | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) {
+        snprintf(err, errcap, "%s socket: %s", what, strerror(errno));
+        return -1;
+    }
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
+    if (type == SOCK_STREAM)
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+    else if (a->ss.ss_family != AF_UNIX)
+        setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
+    if (bind(fd, (const struct sockaddr *)&a->ss, a->len) < 0 ||
+        (type == SOCK_STREAM && listen(fd, 512) < 0)) {
+        char name[160];
+        snprintf(err, errcap, "cannot bind %s %s: %s", what,
+                 addr_format((const struct sockaddr *)&a->ss, a->len, name, sizeof name),
+                 strerror(errno));
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 struct dgramd {
     ep_item_t item;
     int fd;
@@ -95,21 +122,11 @@ dgramd_t *dgramd_open_udp(int epfd, const char *spec, int64_t rcvbuf, stats_t *s
     addr_t a;
     if (addr_parse(spec, SOCK_DGRAM, &a, err, errcap) < 0)
         return NULL;
-    int fd = socket(a.ss.ss_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errcap, "udp socket: %s", strerror(errno));
+    int fd = bound_socket(&a, SOCK_DGRAM, "udp", err, errcap);
+    if (fd < 0)
         return NULL;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_RXQ_OVFL, &one, sizeof one);
     int64_t got = 0;
     set_rcvbuf(fd, rcvbuf, &got);
-    if (bind(fd, (struct sockaddr *)&a.ss, a.len) < 0) {
-        snprintf(err, errcap, "cannot bind udp %s: %s", spec, strerror(errno));
-        close(fd);
-        return NULL;
-    }
     char name[160];
     addr_format((struct sockaddr *)&a.ss, a.len, name, sizeof name);
     dgramd_t *d = dgramd_new(epfd, fd, st, name, err, errcap);
@@ -132,18 +149,11 @@ dgramd_t *dgramd_open_unix(int epfd, const char *path, int64_t rcvbuf, stats_t *
         }
         unlink(path); /* a stale socket from an earlier run */
     }
-    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errcap, "unix socket: %s", strerror(errno));
+    int fd = bound_socket(&a, SOCK_DGRAM, "unix socket", err, errcap);
+    if (fd < 0)
         return NULL;
-    }
     int64_t got = 0;
     set_rcvbuf(fd, rcvbuf, &got);
-    if (bind(fd, (struct sockaddr *)&a.ss, a.len) < 0) {
-        snprintf(err, errcap, "cannot bind unix socket %s: %s", path, strerror(errno));
-        close(fd);
-        return NULL;
-    }
     chmod(path, 0666); /* applications of any user may send */
     char name[160];
     snprintf(name, sizeof name, "unix:%s", path);
@@ -251,19 +261,9 @@ tcpd_t *tcpd_open(int epfd, const char *spec, const cfg_t *cfg, stats_t *st, cha
     addr_t a;
     if (addr_parse(spec, SOCK_STREAM, &a, err, errcap) < 0)
         return NULL;
-    int fd = socket(a.ss.ss_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0) {
-        snprintf(err, errcap, "tcp socket: %s", strerror(errno));
+    int fd = bound_socket(&a, SOCK_STREAM, "tcp", err, errcap);
+    if (fd < 0)
         return NULL;
-    }
-    int one = 1;
-    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-    setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof one);
-    if (bind(fd, (struct sockaddr *)&a.ss, a.len) < 0 || listen(fd, 512) < 0) {
-        snprintf(err, errcap, "cannot listen on tcp %s: %s", spec, strerror(errno));
-        close(fd);
-        return NULL;
-    }
     tcpd_t *t = xcalloc(1, sizeof *t);
     t->item.kind = EP_TCP_LISTEN;
     t->fd = fd;

@@ -1,6 +1,8 @@
 /* statsd: StatsD / DogStatsD line parser. See statsd.h for the grammar. */
 #include "statsd.h"
 
+#include "utf8.h"
+
 #include <assert.h>
 #include <errno.h>
 #include <math.h>
@@ -48,40 +50,6 @@ static const unsigned char tag_plain[256] = {
 };
 #undef P16
 
-/* Length (2..4) of the well-formed UTF-8 sequence starting at p, which
- * holds avail >= 1 bytes and p[0] >= 0x80; 0 when it is not well formed
- * (stray continuation, overlong form, surrogate, above U+10FFFF, truncated). */
-static size_t utf8_len(const unsigned char *p, size_t avail)
-{
-    unsigned char c = p[0];
-    unsigned char lo = 0x80, hi = 0xbf;
-    size_t n;
-
-    if (c < 0xc2)
-        return 0;
-    if (c < 0xe0)
-        n = 2;
-    else if (c < 0xf0) {
-        n = 3;
-        if (c == 0xe0)
-            lo = 0xa0;
-        else if (c == 0xed)
-            hi = 0x9f;
-    } else if (c < 0xf5) {
-        n = 4;
-        if (c == 0xf0)
-            lo = 0x90;
-        else if (c == 0xf4)
-            hi = 0x8f;
-    } else
-        return 0;
-    if (avail < n || p[1] < lo || p[1] > hi)
-        return 0;
-    for (size_t i = 2; i < n; i++)
-        if ((p[i] & 0xc0) != 0x80)
-            return 0;
-    return n;
-}
 
 /* Exact powers of ten representable as doubles (Clinger's fast path). */
 static const double pow10_exact[] = {
@@ -207,7 +175,7 @@ static statsd_result_t parse_tags(const unsigned char *s, size_t len, size_t *po
                 break;
             unsigned char c = s[i];
             if (c >= 0x80) {
-                size_t n = utf8_len(s + i, len - i);
+                size_t n = utf8_seq(s + i, len - i);
                 if (n == 0)
                     return STATSD_ERR_TAGS;
                 i += n - 1;
@@ -295,7 +263,7 @@ static statsd_result_t parse_name(const unsigned char *s, size_t len, size_t *po
     for (; i < len; i++) {
         unsigned char c = s[i];
         if (c >= 0x80) {
-            size_t n = utf8_len(s + i, len - i);
+            size_t n = utf8_seq(s + i, len - i);
             if (n == 0)
                 return STATSD_ERR_NAME;
             i += n - 1;
@@ -383,7 +351,7 @@ static bool valid_member(const unsigned char *s, size_t n)
         return false;
     for (size_t i = 0; i < n; i++) {
         if (s[i] >= 0x80) {
-            size_t k = utf8_len(s + i, n - i);
+            size_t k = utf8_seq(s + i, n - i);
             if (k == 0)
                 return false;
             i += k - 1;

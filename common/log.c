@@ -268,6 +268,19 @@ void log_msg(log_level_t level, const char *msg, const char *kvfmt, ...)
     va_end(ap);
 }
 
+/* One line with the caller's fields and how many occurrences it stands for. */
+__attribute__((format(printf, 4, 0)))
+static void log_suppressed(log_level_t level, const char *msg, uint64_t suppressed,
+                           const char *kvfmt, va_list ap)
+{
+    char kv[LOG_LINE_MAX - 64];
+    kv[0] = '\0';
+    if (kvfmt)
+        vsnprintf(kv, sizeof kv, kvfmt, ap);
+    log_msg(level, msg, "%s%ssuppressed=%llu", kv, kv[0] ? " " : "",
+            (unsigned long long)suppressed);
+}
+
 bool log_complain(log_complain_t *c, int64_t now_ns, log_level_t level, const char *msg,
                   const char *kvfmt, ...)
 {
@@ -284,16 +297,10 @@ bool log_complain(log_complain_t *c, int64_t now_ns, log_level_t level, const ch
         c->suppressed = 0;
         return false;
     }
-    char kv[LOG_LINE_MAX - 64];
-    kv[0] = '\0';
-    if (kvfmt) {
-        va_list ap;
-        va_start(ap, kvfmt);
-        vsnprintf(kv, sizeof kv, kvfmt, ap);
-        va_end(ap);
-    }
-    log_msg(level, msg, "%s%ssuppressed=%llu", kv, kv[0] ? " " : "",
-            (unsigned long long)c->suppressed);
+    va_list ap;
+    va_start(ap, kvfmt);
+    log_suppressed(level, msg, c->suppressed, kvfmt, ap);
+    va_end(ap);
     c->suppressed = 0;
     return true;
 }
@@ -302,15 +309,9 @@ void log_release(log_complain_t *c, const char *msg, const char *kvfmt, ...)
 {
     if (!c->active)
         return;
-    char kv[LOG_LINE_MAX - 64];
-    kv[0] = '\0';
-    if (kvfmt) {
-        va_list ap;
-        va_start(ap, kvfmt);
-        vsnprintf(kv, sizeof kv, kvfmt, ap);
-        va_end(ap);
-    }
-    log_msg(LOG_LVL_INFO, msg, "%s%ssuppressed=%llu", kv, kv[0] ? " " : "",
-            (unsigned long long)c->suppressed);
+    va_list ap;
+    va_start(ap, kvfmt);
+    log_suppressed(LOG_LVL_INFO, msg, c->suppressed, kvfmt, ap);
+    va_end(ap);
     *c = (log_complain_t){ 0 };
 }

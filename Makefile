@@ -13,7 +13,7 @@
 VERSION   := 0.1.0
 BUILD     ?= build
 CC        ?= cc
-PKGS      := libzmq msgpack libsodium inih jansson
+PKGS      := libzmq msgpack libsodium inih jansson zlib
 SHELL     := /bin/bash
 
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -36,14 +36,15 @@ PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
 CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Itools
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
-LDLIBS     = $(PKG_LIBS) -lm
+LDLIBS     = $(PKG_LIBS) -lm -lpthread
 
 # ---- sources ---------------------------------------------------------------
 
-COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c \
+COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c common/spool.c \
               common/sdnotify.c common/addr.c common/cfg.c common/dec.c \
               common/jtok.c common/mpr.c common/msg.c common/bus.c \
-              common/stats.c common/prices.c common/auth.c
+              common/stats.c common/prices.c common/auth.c common/replay.c common/rsub.c \
+              common/curve.c common/buscfg.c
 # the collector's code, also linked into its tests and fuzzers
 COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
                 collectd/batch.c collectd/net.c

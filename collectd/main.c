@@ -14,6 +14,7 @@
 #include "auth.h"
 #include "batch.h"
 #include "bus.h"
+#include "buscfg.h"
 #include "cfg.h"
 #include "ingest.h"
 #include "log.h"
@@ -38,7 +39,9 @@ typedef struct {
     auth_keys_t *keys;
     stats_t *stats;
     void *zctx;
+    buscfg_t bus;
     bus_pub_t *pub;
+    bool replaying;
     batch_t *batch;
     ingest_t *ingest;
     int epfd, sigfd;
@@ -169,6 +172,7 @@ static void publish_stats(collectd_t *c)
 {
     msgpack_packer pk;
     int64_t now = tmtime_now_ns();
+    buscfg_pub_stats(c->pub, c->stats);
     mbuf_reset(&c->statsbuf);
     mbuf_packer(&c->statsbuf, &pk);
     stats_pack(c->stats, &pk, now);
@@ -220,16 +224,22 @@ static int open_all(collectd_t *c, char *err, size_t cap)
     epoll_ctl(c->epfd, EPOLL_CTL_ADD, c->sigfd, &ev);
 
     c->zctx = zmq_ctx_new();
-    bus_pub_opts_t po = { .sndhwm = (int)c->cfg->bus.sndhwm };
-    c->pub = bus_pub_new(c->zctx, c->cfg->bus.collectd, cc->src, &po, err, cap);
+    if (buscfg_init(&c->bus, c->zctx, c->cfg, true, false, err, cap) < 0)
+        return -1;
+    c->pub = buscfg_publisher(&c->bus, c->zctx, c->cfg, CFG_PEER_COLLECTD, cc->src, err, cap);
     if (!c->pub)
         return -1;
-    int zfd;
-    size_t zl = sizeof zfd;
-    zmq_getsockopt(bus_pub_socket(c->pub), ZMQ_FD, &zfd, &zl);
+    /* the PUB (subscriptions) and the replay service wake the loop */
+    void *zsocks[2] = { bus_pub_socket(c->pub), bus_pub_replay_socket(c->pub) };
     c->bus_item.kind = EP_BUS;
-    ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &c->bus_item };
-    epoll_ctl(c->epfd, EPOLL_CTL_ADD, zfd, &ev);
+    for (int i = 0; i < 2; i++) {
+        int zfd;
+        size_t zl = sizeof zfd;
+        if (!zsocks[i] || zmq_getsockopt(zsocks[i], ZMQ_FD, &zfd, &zl) != 0)
+            continue;
+        ev = (struct epoll_event){ .events = EPOLLIN, .data.ptr = &c->bus_item };
+        epoll_ctl(c->epfd, EPOLL_CTL_ADD, zfd, &ev);
+    }
 
     c->batch = batch_new(c->pub, c->stats);
     batch_limits(c->batch, (size_t)cc->batch_max, cc->flush_interval * TMTIME_NS_PER_MS);
@@ -255,6 +265,8 @@ static int timeout_ms(collectd_t *c, int64_t now, int64_t batch_due)
         t = c->next_sweep - now;
     if (c->watchdog_ns && c->next_watchdog - now < t)
         t = c->next_watchdog - now;
+    if (c->replaying && t > TMTIME_NS_PER_MS)
+        t = TMTIME_NS_PER_MS; /* replays go on a slice at a time */
     if (t <= 0)
         return 0;
     return (int)((t + TMTIME_NS_PER_MS - 1) / TMTIME_NS_PER_MS);
@@ -291,6 +303,7 @@ static void run(collectd_t *c)
         }
         batch_due = batch_flush_due(c->batch, tmtime_now_ns());
         now = tmtime_mono_ns();
+        c->replaying = bus_pub_work(c->pub, now / TMTIME_NS_PER_MS);
         if (bus_pub_poll_subscribed(c->pub, "stats"))
             publish_stats(c); /* a new reader gets the counters at once */
         if (now >= c->next_stats) {
@@ -328,7 +341,9 @@ static void shutdown_all(collectd_t *c)
     log_info("stopped", "last_seq=%llu", (unsigned long long)bus_pub_last_seq(c->pub));
     ingest_destroy(&c->ingest);
     batch_destroy(&c->batch);
+    bus_pub_sync(c->pub);
     bus_pub_destroy(&c->pub); /* lingers to deliver what is queued */
+    buscfg_close(&c->bus);
     zmq_ctx_term(c->zctx);
     close(c->sigfd);
     close(c->epfd);
@@ -408,12 +423,19 @@ int main(int argc, char **argv)
     }
     log_info("started", "version=%s src=%s bus=%s udp=%s tcp=%s unix=%s prices=%s models=%zu "
              "skipped=%zu price_version=%s auth=%s",
-             TOKMON_VERSION, c.cfg->collectd.src, c.cfg->bus.collectd,
+             TOKMON_VERSION, c.cfg->collectd.src, c.cfg->bus.peers[CFG_PEER_COLLECTD].pub.v[0],
              c.udp ? dgramd_name(c.udp) : "off", c.tcp ? tcpd_name(c.tcp) : "off",
              c.unixd ? dgramd_name(c.unixd) : "off", c.cfg->collectd.prices,
              prices_count(c.prices), prices_skipped(c.prices), prices_version(c.prices),
              c.cfg->collectd.auth == CFG_AUTH_OFF ? "off"
              : c.cfg->collectd.auth == CFG_AUTH_OPTIONAL ? "optional" : "required");
+    bus_pub_counters_t bc;
+    bus_pub_counters(c.pub, &bc);
+    if (c.cfg->bus.spool)
+        log_info("spool", "last_seq=%llu oldest_seq=%llu bytes=%llu segments=%llu repaired_bytes=%llu",
+                 (unsigned long long)bus_pub_last_seq(c.pub), (unsigned long long)bc.spool_oldest,
+                 (unsigned long long)bc.spool_bytes, (unsigned long long)bc.spool_segments,
+                 (unsigned long long)bc.spool_repaired);
     sdnotify_send("READY=1");
     run(&c);
     shutdown_all(&c);

@@ -20,6 +20,9 @@ struct bus_pub {
     char *src;
     uint64_t seq; /* last sent */
     bus_pub_opts_t opts;
+    spool_t *spool;
+    replay_srv_t *replay;
+    uint64_t spool_errors;
 };
 
 bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
@@ -35,6 +38,11 @@ bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
     if (opts && opts->sndhwm > 0)
         zmq_setsockopt(s, ZMQ_SNDHWM, &opts->sndhwm, sizeof opts->sndhwm);
+    if (opts && opts->sock_setup && opts->sock_setup(s, opts->setup_arg) != 0) {
+        snprintf(err, errcap, "bus socket setup failed: %s", zmq_strerror(zmq_errno()));
+        zmq_close(s);
+        return NULL;
+    }
     if (zmq_bind(s, endpoint) != 0) {
         snprintf(err, errcap, "cannot bind bus endpoint %s: %s", endpoint,
                  zmq_strerror(zmq_errno()));
@@ -47,7 +55,58 @@ bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
     if (opts)
         p->opts = *opts;
     p->seq = p->opts.next_seq ? p->opts.next_seq - 1 : 0;
+    if (p->opts.spool) {
+        p->spool = spool_open(p->opts.spool, err, errcap);
+        if (!p->spool)
+            goto fail;
+        if (spool_last_seq(p->spool))
+            p->seq = spool_last_seq(p->spool); /* a restart continues the seq */
+    }
+    if (p->opts.replay_endpoint) {
+        if (!p->spool) {
+            snprintf(err, errcap, "a replay endpoint needs a spool");
+            goto fail;
+        }
+        p->replay = replay_srv_new(zctx, p->opts.replay_endpoint, src, p->spool,
+                                   p->opts.sock_setup, p->opts.setup_arg, err, errcap);
+        if (!p->replay)
+            goto fail;
+    }
+    p->opts.spool = NULL; /* the caller's options need not outlive this call */
+    p->opts.replay_endpoint = NULL;
     return p;
+fail:
+    bus_pub_destroy(&p);
+    return NULL;
+}
+
+void *bus_pub_replay_socket(bus_pub_t *p) { return p->replay ? replay_srv_socket(p->replay) : NULL; }
+
+bool bus_pub_work(bus_pub_t *p, int64_t now_ms)
+{
+    if (p->spool)
+        spool_tick(p->spool, now_ms);
+    return p->replay ? replay_srv_work(p->replay, 256) : false;
+}
+
+void bus_pub_sync(bus_pub_t *p)
+{
+    if (p->spool)
+        spool_sync(p->spool);
+}
+
+void bus_pub_counters(const bus_pub_t *p, bus_pub_counters_t *c)
+{
+    memset(c, 0, sizeof *c);
+    c->spool_errors = p->spool_errors;
+    if (p->spool) {
+        c->spool_bytes = spool_bytes(p->spool);
+        c->spool_segments = spool_segments(p->spool);
+        c->spool_oldest = spool_oldest_seq(p->spool);
+        c->spool_repaired = spool_repaired(p->spool);
+    }
+    if (p->replay)
+        c->replay = *replay_srv_counters(p->replay);
 }
 
 void bus_pub_destroy(bus_pub_t **pp)
@@ -55,7 +114,10 @@ void bus_pub_destroy(bus_pub_t **pp)
     bus_pub_t *p = *pp;
     if (!p)
         return;
-    zmq_close(p->sock);
+    replay_srv_destroy(&p->replay);
+    spool_close(&p->spool);
+    if (p->sock)
+        zmq_close(p->sock);
     free(p->src);
     free(p);
     *pp = NULL;
@@ -113,6 +175,10 @@ int bus_pub_send_owned(bus_pub_t *p, const char *topic, const char *kind, mbuf_t
     if (p->opts.before_send &&
         p->opts.before_send(p->opts.arg, topic, seq, buf->data + start, len) != 0)
         return -1;
+    if (p->spool && spool_append(p->spool, seq, topic, buf->data + start, len) < 0) {
+        p->spool_errors++; /* not in the spool, so not sent: nobody could replay it */
+        return -1;
+    }
     p->seq = seq;
     /* ZeroMQ takes the buffer as it is and frees it when sent */
     zmq_msg_t m;

@@ -14,7 +14,9 @@
 #include <stdint.h>
 
 #include "mbuf.h"
+#include "replay.h"
 #include "span.h"
+#include "spool.h"
 
 #define BUS_MAX_MSG (64u << 20) /* bytes in one envelope */
 #define BUS_MAX_TOPIC 64
@@ -43,8 +45,22 @@ typedef struct {
      * -1 (the seq is not consumed). NULL: no hook. */
     int (*before_send)(void *arg, const char *topic, uint64_t seq, const void *env, size_t len);
     void *arg;
-    uint64_t next_seq; /* first seq to use; 0 means 1 */
+    uint64_t next_seq; /* first seq to use; 0 means 1 (a spool overrides it) */
+    /* The spool (DESIGN section 4): when set, every message is appended to
+     * it before it is sent, and seq continues from the spool's last. */
+    const spool_opts_t *spool;
+    /* The replay ROUTER beside the PUB (needs the spool); NULL: none. */
+    const char *replay_endpoint;
+    /* Called on each socket before it binds (CURVE); may be NULL. */
+    int (*sock_setup)(void *sock, void *arg);
+    void *setup_arg;
 } bus_pub_opts_t;
+
+typedef struct {
+    uint64_t spool_errors;    /* messages not sent because the spool refused them */
+    uint64_t spool_bytes, spool_segments, spool_oldest, spool_repaired;
+    replay_counters_t replay;
+} bus_pub_counters_t;
 
 /* Binds an XPUB socket at endpoint. src names this publisher (stable across
  * its restarts). Returns NULL with a message in err on failure. */
@@ -69,6 +85,19 @@ int bus_pub_send_owned(bus_pub_t *pub, const char *topic, const char *kind, mbuf
                        size_t body_off);
 
 uint64_t bus_pub_last_seq(const bus_pub_t *pub);
+
+/* The replay socket, for zmq_poll (ZMQ_POLLIN), or NULL when there is none. */
+void *bus_pub_replay_socket(bus_pub_t *pub);
+
+/* The publisher's own work, from its loop: replay requests and running
+ * replays, the spool's group fsync and retention (now: monotonic ms).
+ * Returns true while replays are running (call again soon). */
+bool bus_pub_work(bus_pub_t *pub, int64_t now_ms);
+
+/* Flushes the spool to disk (on shutdown). */
+void bus_pub_sync(bus_pub_t *pub);
+
+void bus_pub_counters(const bus_pub_t *pub, bus_pub_counters_t *c);
 const char *bus_pub_src(const bus_pub_t *pub);
 
 /* The ZeroMQ socket, for zmq_poll (ZMQ_POLLIN: subscription notices). */

@@ -89,6 +89,16 @@ static const key_t_ bus_keys[] = {
     { "aggregator_replay", T_ENDPOINT, K(cfg_bus_t, aggregator_replay), "", 0, 0, NULL, false },
     { "alerter_replay", T_ENDPOINT, K(cfg_bus_t, alerter_replay), "", 0, 0, NULL, false },
     { "curve", T_BOOL, K(cfg_bus_t, curve), "off", 0, 0, NULL, false },
+    { "curve_server_key", T_STR, K(cfg_bus_t, curve_server_key), "", 0, 0, NULL, false },
+    { "curve_server_public", T_STR, K(cfg_bus_t, curve_server_public), "", 0, 0, NULL, false },
+    { "curve_client_key", T_STR, K(cfg_bus_t, curve_client_key), "", 0, 0, NULL, false },
+    { "curve_allow", T_STR, K(cfg_bus_t, curve_allow), "", 0, 0, NULL, true },
+    { "spool", T_BOOL, K(cfg_bus_t, spool), "on", 0, 0, NULL, false },
+    { "spool_fsync", T_DURATION, K(cfg_bus_t, spool_fsync), "1s", -1, 3600000, NULL, false },
+    { "spool_segment_size", T_SIZE, K(cfg_bus_t, spool_segment_size), "64M", 65536, INT64_MAX, NULL, false },
+    { "spool_segment_age", T_DURATION, K(cfg_bus_t, spool_segment_age), "1h", 1000, INT64_MAX, NULL, false },
+    { "spool_max_size", T_SIZE, K(cfg_bus_t, spool_max_size), "1G", 65536, INT64_MAX, NULL, false },
+    { "spool_max_age", T_DURATION, K(cfg_bus_t, spool_max_age), "7d", 1000, INT64_MAX, NULL, false },
     { "sndhwm", T_INT, K(cfg_bus_t, sndhwm), "100000", 0, INT_MAX, NULL, false },
     { "rcvhwm", T_INT, K(cfg_bus_t, rcvhwm), "100000", 0, INT_MAX, NULL, false },
     END,
@@ -167,6 +177,7 @@ static const key_t_ price_keys[] = {
 };
 #undef PRICE_KEY
 
+static void list_free(cfg_list_t *l);
 static int validate_global(cfg_t *, void *, const char *, char *, size_t);
 static int validate_bus(cfg_t *, void *, const char *, char *, size_t);
 static int validate_collectd(cfg_t *, void *, const char *, char *, size_t);
@@ -389,7 +400,24 @@ static int parse_scaled(const char *v, const char *const *units, const int64_t *
     return 0;
 }
 
+static bool endpoint_one_ok(const char *v);
+
+/* An endpoint, or several separated by commas. */
 static bool endpoint_ok(const char *v)
+{
+    char *copy = xstrdup(v), *save = NULL;
+    bool ok = true;
+    int n = 0;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        t = trim(t);
+        ok &= endpoint_one_ok(t);
+        n++;
+    }
+    free(copy);
+    return ok && n > 0;
+}
+
+static bool endpoint_one_ok(const char *v)
 {
     if (!strncmp(v, "tcp://", 6)) {
         const char *hp = v + 6;
@@ -439,6 +467,10 @@ static int set_value(const key_t_ *k, void *sect, const char *val, char *err, si
         }
         goto range;
     case T_DURATION:
+        if (k->min < 0 && !strcmp(val, "off")) {
+            x = -1;
+            goto range;
+        }
         if (parse_scaled(val, dur_units, dur_mult, 1000, &x) < 0) {
             snprintf(err, cap, "'%s' is not a duration (e.g. 500ms, 5s, 2m, 1h, 1d)", val);
             return -1;
@@ -918,6 +950,10 @@ void cfg_destroy(cfg_t **pcfg)
         }
         free(*arr);
     }
+    for (int i = 0; i < CFG_NPEERS; i++) {
+        list_free(&cfg->bus.peers[i].pub);
+        list_free(&cfg->bus.peers[i].replay);
+    }
     for (size_t i = 0; i < cfg->warnings.n; i++)
         free(cfg->warnings.v[i]);
     free(cfg->warnings.v);
@@ -992,6 +1028,11 @@ static size_t field_size(type_t t)
 
 void cfg_keep_restart_keys(cfg_t *nw, cfg_t *old)
 {
+    /* the bus endpoints take a restart, and so do the lists made of them */
+    cfg_peers_t peers[CFG_NPEERS];
+    memcpy(peers, nw->bus.peers, sizeof peers);
+    memcpy(nw->bus.peers, old->bus.peers, sizeof peers);
+    memcpy(old->bus.peers, peers, sizeof peers);
     for (size_t si = 0; si < NSECTIONS; si++) {
         const section_t *s = &sections[si];
         if (s->pattern)
@@ -1057,25 +1098,70 @@ static int validate_global(cfg_t *cfg, void *sect, const char *name, char *err, 
     return 0;
 }
 
-/* Replay endpoints default to the PUB port + 10 (ipc: the path + ".replay"). */
-static int derive_replay(char **replay, const char *pub, char *err, size_t cap)
+static void list_free(cfg_list_t *l)
 {
-    if ((*replay)[0])
-        return 0;
-    free(*replay);
+    for (size_t i = 0; i < l->n; i++)
+        free(l->v[i]);
+    free(l->v);
+    *l = (cfg_list_t){ 0 };
+}
+
+static void list_split(cfg_list_t *l, const char *v)
+{
+    list_free(l);
+    char *copy = xstrdup(v), *save = NULL;
+    for (char *t = strtok_r(copy, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+        t = trim(t);
+        if (!*t)
+            continue;
+        l->v = xreallocarray(l->v, l->n + 1, sizeof *l->v);
+        l->v[l->n++] = xstrdup(t);
+    }
+    free(copy);
+}
+
+/* A replay endpoint defaults to the PUB port + 10 (ipc: the path + ".replay"). */
+static char *derive_replay(const char *pub, char *err, size_t cap)
+{
     if (!strncmp(pub, "tcp://", 6)) {
         const char *colon = strrchr(pub, ':');
         char *end;
         long port = strtol(colon + 1, &end, 10);
         if (*end || port <= 0 || port > 65535 - 10) { /* (port + 10 could overflow) */
-            *replay = xstrdup("");
             snprintf(err, cap, "cannot derive a replay port from '%s'; set it", pub);
-            return -1;
+            return NULL;
         }
-        *replay = xasprintf("%.*s:%ld", (int)(colon - pub), pub, port + 10);
-    } else {
-        *replay = xasprintf("%s.replay", pub);
+        return xasprintf("%.*s:%ld", (int)(colon - pub), pub, port + 10);
     }
+    return xasprintf("%s.replay", pub);
+}
+
+/* Splits one kind of publisher's endpoints, derives missing replay ones,
+ * and leaves the first replay endpoint in *replay (what that publisher binds). */
+static int peers_of(cfg_peers_t *p, const char *pubs, char **replay, const char *name, char *err,
+                    size_t cap)
+{
+    list_split(&p->pub, pubs);
+    list_split(&p->replay, *replay);
+    if (p->pub.n == 0) {
+        snprintf(err, cap, "%s: no publisher endpoint", name);
+        return -1;
+    }
+    if (p->replay.n == 0) {
+        for (size_t i = 0; i < p->pub.n; i++) {
+            char *r = derive_replay(p->pub.v[i], err, cap);
+            if (!r)
+                return -1;
+            p->replay.v = xreallocarray(p->replay.v, p->replay.n + 1, sizeof *p->replay.v);
+            p->replay.v[p->replay.n++] = r;
+        }
+    } else if (p->replay.n != p->pub.n) {
+        snprintf(err, cap, "%s_replay lists %zu endpoints for %zu publishers", name, p->replay.n,
+                 p->pub.n);
+        return -1;
+    }
+    free(*replay);
+    *replay = xstrdup(p->replay.v[0]);
     return 0;
 }
 
@@ -1084,15 +1170,13 @@ static int validate_bus(cfg_t *cfg, void *sect, const char *name, char *err, siz
     (void)cfg;
     (void)name;
     cfg_bus_t *b = sect;
-    if (!b->collectd[0] || !b->aggregator[0] || !b->alerter[0]) {
-        snprintf(err, cap, "publisher endpoints must not be empty");
+    if (peers_of(&b->peers[CFG_PEER_COLLECTD], b->collectd, &b->collectd_replay, "collectd", err,
+                 cap) < 0 ||
+        peers_of(&b->peers[CFG_PEER_AGGREGATOR], b->aggregator, &b->aggregator_replay, "aggregator",
+                 err, cap) < 0 ||
+        peers_of(&b->peers[CFG_PEER_ALERTER], b->alerter, &b->alerter_replay, "alerter", err, cap) < 0)
         return -1;
-    }
-    if (derive_replay(&b->collectd_replay, b->collectd, err, cap) < 0 ||
-        derive_replay(&b->aggregator_replay, b->aggregator, err, cap) < 0 ||
-        derive_replay(&b->alerter_replay, b->alerter, err, cap) < 0)
-        return -1;
-    return 0;
+    return 0; /* the CURVE keys are checked by whoever opens a socket with them */
 }
 
 static int validate_collectd(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)

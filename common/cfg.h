@@ -43,12 +43,32 @@ typedef struct {
     int64_t stats_interval; /* ms between `stats` messages */
 } cfg_global_t;
 
+/* The publishers of one kind: every PUB endpoint and its replay endpoint
+ * (several collectors on one host, say). A publisher binds the first. */
 typedef struct {
-    char *collectd, *aggregator, *alerter;                      /* PUB endpoints */
-    char *collectd_replay, *aggregator_replay, *alerter_replay; /* replay ROUTERs */
+    cfg_list_t pub, replay;
+} cfg_peers_t;
+
+enum { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR, CFG_PEER_ALERTER, CFG_NPEERS };
+
+typedef struct {
+    /* as written: an endpoint, or several separated by commas */
+    char *collectd, *aggregator, *alerter;
+    char *collectd_replay, *aggregator_replay, *alerter_replay; /* default: each PUB port + 10 */
     bool curve;
+    char *curve_server_key; /* publishers: the server key pair (tokmonctl keygen --curve) */
+    char *curve_server_public; /* subscribers: the servers' public key (Z85) */
+    char *curve_client_key; /* subscribers: this client's key pair */
+    char *curve_allow;      /* publishers: a file of the client public keys allowed in */
     int64_t sndhwm; /* messages a PUB queues per subscriber before dropping */
     int64_t rcvhwm;
+    bool spool;
+    int64_t spool_fsync;         /* ms between group fsyncs; 0: every message; -1: never */
+    int64_t spool_segment_size;  /* bytes */
+    int64_t spool_segment_age;   /* ms */
+    int64_t spool_max_size;      /* bytes */
+    int64_t spool_max_age;       /* ms */
+    cfg_peers_t peers[CFG_NPEERS]; /* derived from the endpoint keys */
 } cfg_bus_t;
 
 typedef struct {

@@ -391,7 +391,7 @@ static const err_case_t err_cases[] = {
     { "bad endpoint: empty ipc", "[bus]\nalerter = ipc://\n", 0,
       { "t.ini:2: [bus] alerter: 'ipc://' is not a bus endpoint" }, 1 },
     { "empty publisher endpoint", "[bus]\nalerter =\n", 0,
-      { "t.ini:1: [bus] publisher endpoints must not be empty" }, 1 },
+      { "t.ini:1: [bus] alerter: no publisher endpoint" }, 1 },
     { "replay port cannot be derived", "[bus]\ncollectd = tcp://127.0.0.1:65530\n", 0,
       { "t.ini:1: [bus] cannot derive a replay port from 'tcp://127.0.0.1:65530'" }, 1 },
     { "bad listen address", "[collectd]\nudp = 127.0.0.1\n", 0,

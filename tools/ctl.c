@@ -10,6 +10,7 @@
 
 #include "auth.h"
 #include "bus.h"
+#include "buscfg.h"
 #include "cfg.h"
 #include "mp2json.h"
 #include "msg.h"
@@ -115,9 +116,16 @@ static int cmd_stats(cfg_t *cfg, int argc, char **argv)
     char err[512];
     void *ctx = zmq_ctx_new();
     bus_sub_t *sub = bus_sub_new(ctx, 1000, err, sizeof err);
-    const char *eps[] = { cfg->bus.collectd, cfg->bus.aggregator, cfg->bus.alerter };
-    for (size_t i = 0; i < 3; i++)
-        bus_sub_connect(sub, eps[i]);
+    buscfg_t bus;
+    if (!sub || buscfg_init(&bus, ctx, cfg, false, true, err, sizeof err) < 0 ||
+        buscfg_client_socket(&bus, bus_sub_socket(sub)) < 0) {
+        fprintf(stderr, NAME ": %s\n", err);
+        return 1;
+    }
+    size_t neps = 0;
+    for (int k = 0; k < CFG_NPEERS; k++)
+        for (size_t i = 0; i < cfg->bus.peers[k].pub.n; i++, neps++)
+            bus_sub_connect(sub, cfg->bus.peers[k].pub.v[i]);
     bus_sub_subscribe(sub, "stats");
 
     /* each publisher answers a new stats subscription at once; wait for the
@@ -152,14 +160,15 @@ static int cmd_stats(cfg_t *cfg, int argc, char **argv)
             json_decref(seen[i].stats);
             seen[i].stats = mp2json_stats(&s);
         }
-        if (nseen == 3)
+        if (nseen == neps)
             break; /* every publisher of [bus] answered */
     }
     bus_sub_destroy(&sub);
+    buscfg_close(&bus);
     zmq_ctx_term(ctx);
     if (nseen == 0) {
-        fprintf(stderr, NAME ": no stage answered on %s, %s or %s within %.1f s\n", eps[0], eps[1],
-                eps[2], timeout);
+        fprintf(stderr, NAME ": no stage answered on the %zu publishers of [bus] within %.1f s\n",
+                neps, timeout);
         return 1;
     }
     if (as_json) {

@@ -1,15 +1,18 @@
 /* tokmon-tap: subscribes to bus topic prefixes and prints one JSON object per
  * record, a line each, so scripts and tests can read the bus with jq. */
 #include <errno.h>
+#include <fcntl.h>
 #include <getopt.h>
 #include <jansson.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "bus.h"
+#include "buscfg.h"
 #include "cfg.h"
 #include "mp2json.h"
 #include "msg.h"
@@ -32,6 +35,16 @@ static void usage(FILE *f)
             "  -t, --timeout SEC    exit after SEC seconds (status 3 if --count was not reached)\n"
             "      --sync           wait until a publisher answers before reading (prints\n"
             "                       'ready' on stderr), so nothing sent after that is missed\n"
+            "      --state FILE     an exactly-once consumer: keeps its bus positions in FILE,\n"
+            "                       replays what it missed on start and on every gap, and\n"
+            "                       appends to --output FILE, which it cuts back to the last\n"
+            "                       saved position after a crash ('ready' on stderr once\n"
+            "                       caught up)\n"
+            "      --output FILE    where records go (with --state: required)\n"
+            "      --from oldest|live  with --state, where a publisher without a saved\n"
+            "                       position starts (default oldest: all its spool still has)\n"
+            "      --fsync          with --state, fsync the output and the state each time\n"
+            "      --exit-idle SEC  with --state, exit once caught up and nothing came for SEC\n"
             "  -h, --help           this text\n"
             "  -V, --version        print the version\n");
 }
@@ -42,6 +55,7 @@ typedef struct {
     char **prefixes;
     int nprefixes;
     unsigned long bad;
+    FILE *out;
 } tap_t;
 
 static bool wanted(const tap_t *t, span_t topic)
@@ -67,7 +81,9 @@ static bool emit(tap_t *t, json_t *o, const bus_msg_t *m)
     json_decref(o);
     if (!s)
         return true;
-    bool ok = puts(s) >= 0 && fflush(stdout) == 0;
+    bool ok = fputs(s, t->out) >= 0 && fputc('\n', t->out) != EOF;
+    if (t->out == stdout)
+        ok = ok && fflush(stdout) == 0;
     free(s);
     t->printed++;
     return ok;
@@ -127,16 +143,179 @@ static bool print_msg(tap_t *t, const bus_msg_t *m)
     return true;
 }
 
+/* ---- the exactly-once consumer (--state) ----------------------------------- */
+
+typedef struct {
+    tap_t *t;
+    const char *state_path, *out_path;
+    bool fsync;
+    int outfd;
+    FILE *state_tmp;
+} durable_t;
+
+static int apply_msg(void *arg, const bus_msg_t *m)
+{
+    durable_t *d = arg;
+    return print_msg(d->t, m) ? 0 : -1;
+}
+
+/* Reads the state: the output's length and a position per src. Missing
+ * file: a fresh start. Returns 0, or -1 with a reason. */
+static int state_load(const char *path, rsub_t *r, long long *out_len, char *err, size_t cap)
+{
+    *out_len = 0;
+    FILE *f = fopen(path, "r");
+    if (!f)
+        return errno == ENOENT ? 0 : (snprintf(err, cap, "%s: %s", path, strerror(errno)), -1);
+    char line[512];
+    int ln = 0;
+    while (fgets(line, sizeof line, f)) {
+        ln++;
+        char src[300];
+        unsigned long long seq;
+        long long n;
+        if (ln == 1 && !strncmp(line, "tokmon-tap-state 1", 18))
+            continue;
+        if (sscanf(line, "output_bytes %lld", &n) == 1 && n >= 0)
+            *out_len = n;
+        else if (sscanf(line, "src %299s %llu", src, &seq) == 2)
+            rsub_set_position(r, src, seq);
+        else {
+            snprintf(err, cap, "%s:%d: not a tokmon-tap state line", path, ln);
+            fclose(f);
+            return -1;
+        }
+    }
+    fclose(f);
+    return 0;
+}
+
+static void put_position(const char *src, uint64_t seq, void *arg)
+{
+    fprintf(((durable_t *)arg)->state_tmp, "src %s %llu\n", src, (unsigned long long)seq);
+}
+
+/* Output first, then the state that points at its end, replaced whole by a
+ * rename: a crash anywhere leaves a state whose output is all there. */
+static int state_save(durable_t *d, rsub_t *r)
+{
+    if (fflush(d->t->out) != 0 || (d->fsync && fdatasync(d->outfd) < 0))
+        return -1;
+    off_t len = lseek(d->outfd, 0, SEEK_END);
+    char tmp[4096];
+    snprintf(tmp, sizeof tmp, "%s.tmp", d->state_path);
+    d->state_tmp = fopen(tmp, "w");
+    if (!d->state_tmp)
+        return -1;
+    fprintf(d->state_tmp, "tokmon-tap-state 1\noutput_bytes %lld\n", (long long)len);
+    rsub_each_position(r, put_position, d);
+    bool ok = fflush(d->state_tmp) == 0 && (!d->fsync || fsync(fileno(d->state_tmp)) == 0);
+    ok &= fclose(d->state_tmp) == 0;
+    return ok && rename(tmp, d->state_path) == 0 ? 0 : -1;
+}
+
+static int run_durable(tap_t *t, cfg_t *cfg, const char *state_path, const char *out_path,
+                       rsub_start_t from, bool fsync_each, double timeout, double exit_idle,
+                       int sigfd)
+{
+    char err[4096];
+    void *ctx = zmq_ctx_new();
+    buscfg_t bus;
+    if (buscfg_init(&bus, ctx, cfg, false, true, err, sizeof err) < 0) {
+        fprintf(stderr, NAME ": %s\n", err);
+        return 1;
+    }
+    durable_t d = { .t = t, .state_path = state_path, .out_path = out_path, .fsync = fsync_each };
+    static const int kinds[] = { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR, CFG_PEER_ALERTER };
+    rsub_t *r = buscfg_subscriber(&bus, ctx, cfg, kinds, 3, (const char *const *)t->prefixes,
+                                  (size_t)t->nprefixes, from, apply_msg, &d, err, sizeof err);
+    long long out_len;
+    if (!r || state_load(state_path, r, &out_len, err, sizeof err) < 0) {
+        fprintf(stderr, NAME ": %s\n", err);
+        return 1;
+    }
+    /* what was written after the last saved state is written again */
+    d.outfd = open(out_path, O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (d.outfd < 0 || ftruncate(d.outfd, out_len) < 0 || lseek(d.outfd, 0, SEEK_END) < 0 ||
+        !(t->out = fdopen(d.outfd, "a"))) {
+        fprintf(stderr, NAME ": %s: %s\n", out_path, strerror(errno));
+        return 1;
+    }
+    if (rsub_start(r, err, sizeof err) < 0) {
+        fprintf(stderr, NAME ": %s\n", err);
+        return 1;
+    }
+    int64_t deadline = timeout > 0 ? tmtime_mono_ns() + (int64_t)(timeout * 1e9) : 0;
+    bool ready = false;
+    int rc = 0;
+    int64_t last_news = tmtime_mono_ns();
+    for (;;) {
+        if (t->count && t->printed >= t->count)
+            break;
+        if (deadline && tmtime_mono_ns() >= deadline) {
+            rc = t->count ? 3 : 0;
+            break;
+        }
+        zmq_pollitem_t items[40];
+        int n = rsub_poll_items(r, items, 39);
+        items[n++] = (zmq_pollitem_t){ NULL, sigfd, ZMQ_POLLIN, 0 };
+        if (zmq_poll(items, n, 100) < 0 && zmq_errno() != EINTR)
+            break;
+        if (items[n - 1].revents && sig_next(sigfd) > 0)
+            break;
+        int got = rsub_work(r, tmtime_mono_ns() / 1000000);
+        if (got < 0) {
+            rc = 1; /* the output is gone */
+            break;
+        }
+        if (got > 0)
+            last_news = tmtime_mono_ns();
+        if (exit_idle > 0 && rsub_caught_up(r) &&
+            tmtime_mono_ns() - last_news >= (int64_t)(exit_idle * 1e9))
+            break;
+        if (got > 0 && state_save(&d, r) < 0) {
+            fprintf(stderr, NAME ": cannot save %s: %s\n", state_path, strerror(errno));
+            rc = 1;
+            break;
+        }
+        if (!ready && rsub_caught_up(r)) {
+            ready = true;
+            fprintf(stderr, NAME ": ready\n");
+        }
+    }
+    state_save(&d, r);
+    const rsub_counters_t *c = rsub_counters(r);
+    fprintf(stderr,
+            NAME ": applied %llu, duplicates %llu, gaps %llu (healed %llu, lost %llu: %llu messages), "
+                 "replays %llu, malformed %llu\n",
+            (unsigned long long)c->applied, (unsigned long long)c->duplicates,
+            (unsigned long long)c->gaps, (unsigned long long)c->gaps_healed,
+            (unsigned long long)c->gaps_lost, (unsigned long long)c->lost,
+            (unsigned long long)c->replays, (unsigned long long)c->malformed);
+    fclose(t->out);
+    rsub_destroy(&r);
+    buscfg_close(&bus);
+    zmq_ctx_term(ctx);
+    return rc;
+}
+
 int main(int argc, char **argv)
 {
     static const struct option opts[] = {
         { "config", required_argument, NULL, 'c' }, { "envelope", no_argument, NULL, 'e' },
         { "endpoint", required_argument, NULL, 'E' }, { "count", required_argument, NULL, 'n' },
         { "timeout", required_argument, NULL, 't' }, { "sync", no_argument, NULL, 'S' },
+        { "state", required_argument, NULL, 's' },   { "output", required_argument, NULL, 'o' },
+        { "from", required_argument, NULL, 'f' },    { "fsync", no_argument, NULL, 'F' },
+        { "exit-idle", required_argument, NULL, 'I' },
         { "help", no_argument, NULL, 'h' },         { "version", no_argument, NULL, 'V' },
         { NULL, 0, NULL, 0 },
     };
-    tap_t t = { 0 };
+    tap_t t = { .out = stdout };
+    const char *state_path = NULL, *out_path = NULL;
+    rsub_start_t from = RSUB_FROM_OLDEST;
+    bool fsync_each = false;
+    double exit_idle = 0;
     const char *cfg_path = NULL;
     const char *eps[MAX_EP];
     int neps = 0;
@@ -176,6 +355,32 @@ int main(int argc, char **argv)
         case 'S':
             sync = true;
             break;
+        case 's':
+            state_path = optarg;
+            break;
+        case 'o':
+            out_path = optarg;
+            break;
+        case 'f':
+            if (!strcmp(optarg, "oldest"))
+                from = RSUB_FROM_OLDEST;
+            else if (!strcmp(optarg, "live"))
+                from = RSUB_FROM_LIVE;
+            else {
+                fprintf(stderr, NAME ": --from is oldest or live\n");
+                return 2;
+            }
+            break;
+        case 'F':
+            fsync_each = true;
+            break;
+        case 'I':
+            exit_idle = strtod(optarg, &end);
+            if (*end || exit_idle <= 0) {
+                fprintf(stderr, NAME ": --exit-idle wants a positive number of seconds\n");
+                return 2;
+            }
+            break;
         case 'h':
             usage(stdout);
             return 0;
@@ -199,21 +404,43 @@ int main(int argc, char **argv)
 
     char err[4096];
     cfg_t *cfg = NULL;
+    if (state_path) {
+        if (!out_path || neps) {
+            fprintf(stderr, NAME ": --state needs --output FILE (and the publishers of the config, "
+                            "not --endpoint)\n");
+            return 2;
+        }
+        cfg = cfg_load(cfg_path, err, sizeof err);
+        if (!cfg) {
+            fprintf(stderr, NAME ": %s\n", err);
+            return 1;
+        }
+        int sfd = sig_open();
+        int rc = run_durable(&t, cfg, state_path, out_path, from, fsync_each, timeout, exit_idle, sfd);
+        cfg_destroy(&cfg);
+        return rc;
+    }
+    if (out_path && !(t.out = fopen(out_path, "a"))) {
+        fprintf(stderr, NAME ": %s: %s\n", out_path, strerror(errno));
+        return 1;
+    }
     if (neps == 0) {
         cfg = cfg_load(cfg_path, err, sizeof err);
         if (!cfg) {
             fprintf(stderr, NAME ": %s\n", err);
             return 1;
         }
-        eps[neps++] = cfg->bus.collectd;
-        eps[neps++] = cfg->bus.aggregator;
-        eps[neps++] = cfg->bus.alerter;
+        for (int k = 0; k < CFG_NPEERS; k++)
+            for (size_t i = 0; i < cfg->bus.peers[k].pub.n && neps < MAX_EP; i++)
+                eps[neps++] = cfg->bus.peers[k].pub.v[i];
     }
     int sigfd = sig_open();
     void *ctx = zmq_ctx_new();
     bus_sub_t *sub = bus_sub_new(ctx, cfg ? (int)cfg->bus.rcvhwm : 100000, err, sizeof err);
-    if (!sub) {
-        fprintf(stderr, NAME ": %s\n", err);
+    buscfg_t bus = { 0 };
+    if (!sub || (cfg && (buscfg_init(&bus, ctx, cfg, false, true, err, sizeof err) < 0 ||
+                         buscfg_client_socket(&bus, bus_sub_socket(sub)) < 0))) {
+        fprintf(stderr, NAME ": %s\n", sub ? err : "cannot make a subscriber");
         return 1;
     }
     for (int i = 0; i < neps; i++) {
@@ -279,6 +506,7 @@ int main(int argc, char **argv)
             break;
     }
     bus_sub_destroy(&sub);
+    buscfg_close(&bus);
     zmq_ctx_term(ctx);
     cfg_destroy(&cfg);
     return rc;

@@ -31,6 +31,7 @@ import cases_lifecycle  # noqa: E402,F401
 import cases_demo  # noqa: E402,F401
 import cases_hand  # noqa: E402,F401
 import cases_hostile  # noqa: E402,F401
+import cases_chaos  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):

@@ -58,6 +58,7 @@ tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
 UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_test \
               common/msg_test common/mpr_test common/bus_test common/auth_test \
               common/tmtime_test common/log_test \
+              common/spool_test common/replay_test common/rsub_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest
 
@@ -69,7 +70,7 @@ DEPS_STAMP := build/.deps-ok
 
 obj = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
-.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest run clean check-san
+.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool run clean chaos
 .DEFAULT_GOAL := all
 
 all: $(addprefix $(BUILD)/bin/,$(BINS))
@@ -139,6 +140,13 @@ fuzz-smoke:
 	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) FUZZ=1 fuzzers
 	scripts/fuzz.sh $(FUZZ_BUILD)/fuzz $(FUZZ_SMOKE_SECONDS) $(FUZZERS)
 
+# the chaos test of the reliable bus, CHAOS_RUNS times in a row
+CHAOS_RUNS ?= 20
+CHAOS_RECORDS ?= 40000
+chaos: all
+	TOKMON_CHAOS_RECORDS=$(CHAOS_RECORDS) TOKMON_BIN=$(CURDIR)/$(BUILD)/bin \
+	  /usr/bin/python3 tests/integration/run.py --repeat=$(CHAOS_RUNS) chaos_kill chaos_rolling
+
 FUZZ_SECONDS ?= 300
 fuzz: $(DEPS_STAMP)
 	$(MAKE) --no-print-directory BUILD=$(FUZZ_BUILD) FUZZ=1 fuzzers
@@ -146,7 +154,14 @@ fuzz: $(DEPS_STAMP)
 
 # ---- bench and run ---------------------------------------------------------
 
-bench: bench-ingest
+bench: bench-ingest bench-spool
+
+bench-spool: all $(BUILD)/bin/busbench
+	bench/spool.sh $(BUILD)/bin
+
+$(BUILD)/bin/busbench: bench/busbench.c $(LIB) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
 bench-ingest: all $(BUILD)/bin/udpblast $(BUILD)/bin/udpcount
 	bench/ingest.sh $(BUILD)/bin

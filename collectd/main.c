@@ -42,6 +42,7 @@ typedef struct {
     buscfg_t bus;
     bus_pub_t *pub;
     bool replaying;
+    uint64_t gones_logged;
     batch_t *batch;
     ingest_t *ingest;
     int epfd, sigfd;
@@ -304,6 +305,13 @@ static void run(collectd_t *c)
         batch_due = batch_flush_due(c->batch, tmtime_now_ns());
         now = tmtime_mono_ns();
         c->replaying = bus_pub_work(c->pub, now / TMTIME_NS_PER_MS);
+        bus_pub_counters_t bc;
+        bus_pub_counters(c->pub, &bc);
+        if (bc.replay.gones != c->gones_logged) { /* a subscriber asked for what is gone */
+            log_warn("replay asked for messages the spool no longer holds", "oldest_seq=%llu gone_answers=%llu",
+                     (unsigned long long)bc.spool_oldest, (unsigned long long)bc.replay.gones);
+            c->gones_logged = bc.replay.gones;
+        }
         if (bus_pub_poll_subscribed(c->pub, "stats"))
             publish_stats(c); /* a new reader gets the counters at once */
         if (now >= c->next_stats) {

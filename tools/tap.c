@@ -249,6 +249,7 @@ static int run_durable(tap_t *t, cfg_t *cfg, const char *state_path, const char 
     bool ready = false;
     int rc = 0;
     int64_t last_news = tmtime_mono_ns();
+    uint64_t lost_seen = 0, gaps_seen = 0;
     for (;;) {
         if (t->count && t->printed >= t->count)
             break;
@@ -270,6 +271,18 @@ static int run_durable(tap_t *t, cfg_t *cfg, const char *state_path, const char 
         }
         if (got > 0)
             last_news = tmtime_mono_ns();
+        const rsub_counters_t *rc_ = rsub_counters(r);
+        if (rc_->lost != lost_seen) { /* never silent: a gap the spool could not fill */
+            fprintf(stderr, NAME ": LOST %llu messages: the publisher's spool no longer holds them "
+                            "(gaps lost so far: %llu)\n",
+                    (unsigned long long)(rc_->lost - lost_seen), (unsigned long long)rc_->gaps_lost);
+            lost_seen = rc_->lost;
+        }
+        if (rc_->gaps != gaps_seen) {
+            fprintf(stderr, NAME ": %llu gaps seen so far, %llu healed by replay\n",
+                    (unsigned long long)rc_->gaps, (unsigned long long)rc_->gaps_healed);
+            gaps_seen = rc_->gaps;
+        }
         if (exit_idle > 0 && rsub_caught_up(r) &&
             tmtime_mono_ns() - last_news >= (int64_t)(exit_idle * 1e9))
             break;

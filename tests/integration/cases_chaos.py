@@ -32,7 +32,6 @@ from harness import bin_path, case, check, check_eq
 RECORDS = int(os.environ.get("TOKMON_CHAOS_RECORDS", "20000"))
 RATE = int(os.environ.get("TOKMON_CHAOS_RATE", "4000"))
 TAP_KILLS = int(os.environ.get("TOKMON_CHAOS_TAP_KILLS", "4"))
-SEED = int(os.environ.get("TOKMON_CHAOS_SEED", "0")) or random.randrange(1 << 30)
 
 BUS = {"sndhwm": "200", "rcvhwm": "200", "spool_fsync": "10ms"}
 
@@ -82,8 +81,9 @@ def start_tap(env, cfg, state, out, name):
 
 
 def chaos(env, kill_collector):
-    rnd = random.Random(SEED)
-    env.notes.append("seed %d" % SEED)
+    seed = int(os.environ.get("TOKMON_CHAOS_SEED", "0")) or random.randrange(1 << 30)
+    rnd = random.Random(seed)
+    env.notes.append("seed %d" % seed)
     a = env.collector(name="collectd-a", collectd={"flush_interval": "5ms"},
                       global_={"stats_interval": "1s"})
     a.bus.update(BUS)

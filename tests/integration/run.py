@@ -32,6 +32,7 @@ import cases_demo  # noqa: E402,F401
 import cases_hand  # noqa: E402,F401
 import cases_hostile  # noqa: E402,F401
 import cases_chaos  # noqa: E402,F401
+import cases_bus  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):
@@ -84,6 +85,10 @@ def main(argv):
     if "--list" in argv:
         print("\n".join(names))
         return 0
+    repeat = 1
+    for a in argv:
+        if a.startswith("--repeat="):
+            repeat = int(a.split("=", 1)[1])
     want = [a for a in argv if not a.startswith("-")]
     unknown = [w for w in want if w not in names]
     if unknown:
@@ -93,7 +98,7 @@ def main(argv):
         if not os.access(harness.bin_path(tool), os.X_OK):
             print("FAIL setup: %s not found (set TOKMON_BIN; build with make)" % harness.bin_path(tool))
             return 1
-    selected = [c for c in harness.CASES if not want or c[0] in want]
+    selected = [c for c in harness.CASES if not want or c[0] in want] * repeat
     width = max(len(n) for n, _, _ in selected)
     failures = 0
     t0 = time.monotonic()

@@ -117,7 +117,7 @@ int main(int argc, char **argv)
     zctx = zmq_ctx_new();
     char ep[4200], err[512];
     snprintf(ep, sizeof ep, "ipc://%s.sock", dir);
-    bus_pub_opts_t po = { .sndhwm = 0, .spool = spool ? &so : NULL };
+    bus_pub_opts_t po = { .sndhwm = -1, .spool = spool ? &so : NULL }; /* count every message */
     bus_pub_t *pub = bus_pub_new(zctx, ep, "busbench", &po, err, sizeof err);
     if (!pub) {
         fprintf(stderr, "busbench: %s\n", err);
@@ -127,8 +127,16 @@ int main(int argc, char **argv)
     pthread_t th;
     pthread_create(&th, NULL, reader, ep);
     /* wait for the subscription to arrive */
-    for (int i = 0; i < 500 && !bus_pub_poll_subscribed(pub, "ev."); i++)
-        usleep(2000);
+    bool subscribed = false;
+    for (int i = 0; i < 2500 && !subscribed; i++) {
+        subscribed = bus_pub_poll_subscribed(pub, "ev.");
+        if (!subscribed)
+            usleep(2000);
+    }
+    if (!subscribed) {
+        fprintf(stderr, "busbench: the subscriber did not subscribe\n");
+        return 1;
+    }
     int64_t t0 = tmtime_mono_ns();
     long errs = 0;
     for (long i = 0; i < n; i++) {

@@ -36,8 +36,10 @@ bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
     int one = 1, linger = 2000;
     zmq_setsockopt(s, ZMQ_XPUB_VERBOSE, &one, sizeof one);
     zmq_setsockopt(s, ZMQ_LINGER, &linger, sizeof linger);
-    if (opts && opts->sndhwm > 0)
-        zmq_setsockopt(s, ZMQ_SNDHWM, &opts->sndhwm, sizeof opts->sndhwm);
+    if (opts && opts->sndhwm != 0) {
+        int hwm = opts->sndhwm < 0 ? 0 : opts->sndhwm; /* ZeroMQ's 0 is no limit */
+        zmq_setsockopt(s, ZMQ_SNDHWM, &hwm, sizeof hwm);
+    }
     if (opts && opts->sock_setup && opts->sock_setup(s, opts->setup_arg) != 0) {
         snprintf(err, errcap, "bus socket setup failed: %s", zmq_strerror(zmq_errno()));
         zmq_close(s);

@@ -39,7 +39,7 @@ typedef struct {
 typedef struct bus_pub bus_pub_t;
 
 typedef struct {
-    int sndhwm; /* 0: ZeroMQ's default */
+    int sndhwm; /* 0: ZeroMQ's default; < 0: no limit */
     /* Called with each encoded envelope after its seq is assigned and before
      * it is sent; a non-zero return stops the send and bus_pub_send returns
      * -1 (the seq is not consumed). NULL: no hook. */

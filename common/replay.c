@@ -173,9 +173,12 @@ static void handle_request(replay_srv_t *r, zmq_msg_t *frames, int n)
     src[sl] = '\0';
     memcpy(num, zmq_msg_data(&frames[3]), nl);
     num[nl] = '\0';
+    /* digits only: strtoull takes a sign and blanks, and says ERANGE only
+     * through errno */
     char *end;
+    errno = 0;
     unsigned long long from = strtoull(num, &end, 10);
-    if (*end || n - 4 > MAX_PREFIXES) {
+    if (*end || errno || num[0] < '0' || num[0] > '9' || n - 4 > MAX_PREFIXES) {
         r->c.malformed++;
         return;
     }

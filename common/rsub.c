@@ -27,6 +27,7 @@ typedef struct {
     bool want_replay; /* waiting to learn pub before asking */
     bool replaying;
     bool for_gap; /* the running replay fills a gap seen live */
+    uint64_t refused; /* apply refused this seq: replies before its new replay are stale */
     int64_t sent_ms;
     held_t *buf;
     size_t nbuf, cap;
@@ -231,6 +232,8 @@ bool rsub_busy(const rsub_t *r)
 
 bool rsub_caught_up(const rsub_t *r)
 {
+    if (!r->hello_ok) /* not started */
+        return false;
     /* a publisher silent for a whole retry period counts as not running */
     size_t answered = 0;
     for (size_t i = 0; i < r->n; i++)
@@ -283,8 +286,14 @@ static int deliver(rsub_t *r, src_t *s, const bus_msg_t *m)
 {
     int rc = 0;
     if (wanted(r, m->topic)) {
-        if (r->apply(r->arg, m) != 0)
+        if (r->apply(r->arg, m) != 0) {
+            /* it comes again by replay, and what follows it after it: the
+             * caller's next rsub_work must neither skip it nor wait for
+             * more live traffic to notice the hole */
+            s->refused = m->seq;
+            request(r, s, s->pos + 1);
             return -1;
+        }
         r->c.applied++;
         rc = 1;
     } else {
@@ -292,6 +301,7 @@ static int deliver(rsub_t *r, src_t *s, const bus_msg_t *m)
     }
     s->pos = m->seq;
     s->known = true;
+    s->fresh = false; /* a position of our own now: a later GONE is a loss */
     return rc;
 }
 
@@ -470,10 +480,17 @@ static int on_reply(rsub_t *r, size_t pub, zmq_msg_t *f, int n)
             return 0;
         r->c.replayed++;
         src_t *s = find_src(r, m.src, false);
+        if (s && s->replaying) /* answered: a replay that sends is not retried */
+            s->sent_ms = r->now;
         if (!s || !s->replaying || m.seq <= s->pos) {
             r->c.duplicates++;
             return 0;
         }
+        /* after a refusal, the rest of the replay that brought it is
+         * stale: the new one starts with the refused message */
+        if (s->refused && m.seq != s->refused)
+            return 0;
+        s->refused = 0;
         /* a filtered replay skips what is not wanted: any seq above pos is next */
         return deliver(r, s, &m);
     }
@@ -507,7 +524,7 @@ static int on_reply(rsub_t *r, size_t pub, zmq_msg_t *f, int n)
         return 0;
     }
     if (frame_is(&f[0], "END")) {
-        if (!s->replaying)
+        if (!s->replaying || s->refused) /* refused: the stale replay's END */
             return 0;
         s->replaying = false;
         if (num > s->pos)
@@ -521,6 +538,7 @@ static int on_reply(rsub_t *r, size_t pub, zmq_msg_t *f, int n)
     }
     if (frame_is(&f[0], "GONE")) {
         s->replaying = false;
+        s->refused = 0;
         if (num == 0) { /* the publisher has nothing yet */
             s->fresh = false;
             return drain(r, s);

@@ -593,6 +593,10 @@ int spool_cursor_next(spool_cursor_t *c, uint64_t *seq, char *topic, mbuf_t *env
                 return -1; /* retention took what follows */
             return 0;      /* nothing newer yet */
         }
+        /* that is the one being read: an empty last segment (a torn first
+         * record cut at open, a failed write after a roll), not a next one */
+        if (n->first == c->seg_first)
+            return 0;
         if (open_seg(c, n->first) < 0)
             return -1;
     }

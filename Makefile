@@ -13,7 +13,7 @@
 VERSION   := 0.1.0
 BUILD     ?= build
 CC        ?= cc
-PKGS      := libzmq msgpack libsodium inih jansson zlib
+PKGS      := libzmq msgpack libsodium inih jansson libxxhash
 SHELL     := /bin/bash
 
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \

@@ -326,6 +326,7 @@ static void run(collectd_t *c)
             sdnotify_send("WATCHDOG=1");
             c->next_watchdog = now + c->watchdog_ns;
         }
+        bus_pub_flush(c->pub); /* this turn's messages: one spool write, then out */
     }
 }
 

@@ -23,7 +23,48 @@ struct bus_pub {
     spool_t *spool;
     replay_srv_t *replay;
     uint64_t spool_errors;
+    /* messages in the spool's write buffer, sent once it is written */
+    struct queued {
+        char topic[BUS_MAX_TOPIC + 1];
+        zmq_msg_t msg;
+    } *q;
+    size_t nq, capq;
 };
+
+#define QUEUE_MAX 4096
+
+/* Sends one message: topic frame, then the envelope (ZeroMQ takes it). */
+static int send_now(bus_pub_t *p, const char *topic, zmq_msg_t *m)
+{
+    if (zmq_send(p->sock, topic, strlen(topic), ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0 ||
+        zmq_msg_send(m, p->sock, ZMQ_DONTWAIT) < 0) {
+        zmq_msg_close(m);
+        return -1; /* the seq is spent: subscribers see a gap, which replay heals */
+    }
+    return 0;
+}
+
+int bus_pub_flush(bus_pub_t *p)
+{
+    if (!p->nq)
+        return 0;
+    if (p->spool && spool_flush(p->spool) < 0) {
+        /* none of them may go out: nothing could replay them. Their seqs are
+         * given back, so no subscriber ever sees them missing */
+        for (size_t i = 0; i < p->nq; i++)
+            zmq_msg_close(&p->q[i].msg);
+        p->spool_errors += p->nq;
+        p->nq = 0;
+        p->seq = spool_last_seq(p->spool);
+        return -1;
+    }
+    int rc = 0;
+    for (size_t i = 0; i < p->nq; i++)
+        if (send_now(p, p->q[i].topic, &p->q[i].msg) < 0)
+            rc = -1;
+    p->nq = 0;
+    return rc;
+}
 
 bus_pub_t *bus_pub_new(void *zctx, const char *endpoint, const char *src,
                        const bus_pub_opts_t *opts, char *err, size_t errcap)
@@ -86,6 +127,7 @@ void *bus_pub_replay_socket(bus_pub_t *p) { return p->replay ? replay_srv_socket
 
 bool bus_pub_work(bus_pub_t *p, int64_t now_ms)
 {
+    bus_pub_flush(p);
     if (p->spool)
         spool_tick(p->spool, now_ms);
     return p->replay ? replay_srv_work(p->replay, 256) : false;
@@ -93,6 +135,7 @@ bool bus_pub_work(bus_pub_t *p, int64_t now_ms)
 
 void bus_pub_sync(bus_pub_t *p)
 {
+    bus_pub_flush(p);
     if (p->spool)
         spool_sync(p->spool);
 }
@@ -116,6 +159,8 @@ void bus_pub_destroy(bus_pub_t **pp)
     bus_pub_t *p = *pp;
     if (!p)
         return;
+    bus_pub_flush(p);
+    free(p->q);
     replay_srv_destroy(&p->replay);
     spool_close(&p->spool);
     if (p->sock)
@@ -177,6 +222,11 @@ int bus_pub_send_owned(bus_pub_t *p, const char *topic, const char *kind, mbuf_t
     if (p->opts.before_send &&
         p->opts.before_send(p->opts.arg, topic, seq, buf->data + start, len) != 0)
         return -1;
+    size_t tl = strlen(topic);
+    if (tl == 0 || tl > BUS_MAX_TOPIC) {
+        errno = EINVAL;
+        return -1;
+    }
     if (p->spool && spool_append(p->spool, seq, topic, buf->data + start, len) < 0) {
         p->spool_errors++; /* not in the spool, so not sent: nobody could replay it */
         return -1;
@@ -190,15 +240,20 @@ int bus_pub_send_owned(bus_pub_t *p, const char *topic, const char *kind, mbuf_t
         free(base);
         return -1;
     }
-    size_t tl = strlen(topic);
-    if (zmq_send(p->sock, topic, tl, ZMQ_SNDMORE | ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&m);
-        return -1; /* the seq is spent: subscribers see a gap, which replay heals */
+    if (!p->spool)
+        return send_now(p, topic, &m);
+    /* with a spool: sent once the spool's buffer is written (bus_pub_flush) */
+    if (p->nq == p->capq) {
+        p->capq = p->capq ? p->capq * 2 : 64;
+        p->q = xreallocarray(p->q, p->capq, sizeof *p->q);
     }
-    if (zmq_msg_send(&m, p->sock, ZMQ_DONTWAIT) < 0) {
-        zmq_msg_close(&m);
-        return -1;
-    }
+    memcpy(p->q[p->nq].topic, topic, tl + 1);
+    zmq_msg_init(&p->q[p->nq].msg);
+    zmq_msg_move(&p->q[p->nq].msg, &m);
+    zmq_msg_close(&m);
+    p->nq++;
+    if (!p->opts.defer || p->nq >= QUEUE_MAX)
+        return bus_pub_flush(p);
     return 0;
 }
 

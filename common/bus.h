@@ -51,6 +51,10 @@ typedef struct {
     const spool_opts_t *spool;
     /* The replay ROUTER beside the PUB (needs the spool); NULL: none. */
     const char *replay_endpoint;
+    /* With a spool: keep messages until bus_pub_flush (or bus_pub_work),
+     * so one write puts a whole loop turn's messages in the spool; false:
+     * each message is written and sent at once. */
+    bool defer;
     /* Called on each socket before it binds (CURVE); may be NULL. */
     int (*sock_setup)(void *sock, void *arg);
     void *setup_arg;
@@ -93,6 +97,10 @@ void *bus_pub_replay_socket(bus_pub_t *pub);
  * replays, the spool's group fsync and retention (now: monotonic ms).
  * Returns true while replays are running (call again soon). */
 bool bus_pub_work(bus_pub_t *pub, int64_t now_ms);
+
+/* Writes the spool's buffer and sends the messages waiting for it (defer).
+ * Returns 0, or -1 when the spool refused them (counted; none is sent). */
+int bus_pub_flush(bus_pub_t *pub);
 
 /* Flushes the spool to disk (on shutdown). */
 void bus_pub_sync(bus_pub_t *pub);

@@ -67,6 +67,7 @@ bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer,
         .sndhwm = (int)c->sndhwm,
         .spool = c->spool ? &so : NULL,
         .replay_endpoint = c->spool ? p->replay.v[0] : NULL,
+        .defer = true, /* the stage's loop flushes: bus_pub_work, bus_pub_flush */
         .sock_setup = b->curve ? curve_sock_setup : NULL,
         .setup_arg = b->curve ? &b->server : NULL,
     };

@@ -31,7 +31,8 @@ void buscfg_close(buscfg_t *b);
 
 /* The publisher of kind peer (CFG_PEER_*) named src: binds the first
  * endpoint of its kind, with the spool and replay service unless
- * [bus] spool = off. */
+ * [bus] spool = off. Messages wait for the stage's loop to call
+ * bus_pub_work or bus_pub_flush (one spool write a turn). */
 bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, const char *src,
                             char *err, size_t errcap);
 

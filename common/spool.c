@@ -1,6 +1,7 @@
 #include "spool.h"
 
 #include <dirent.h>
+#include <pthread.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <stdio.h>
@@ -10,11 +11,13 @@
 #include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
-#include <zlib.h>
+#include <xxhash.h>
 
 #include "xalloc.h"
 
-/* A record: header, topic, envelope, CRC-32 of everything before it.
+/* A record: header, topic, envelope, then a check of everything before it:
+ * the low 32 bits of XXH3-64 (xxhash), which runs at memory speed where a
+ * CRC-32 cost more than all the rest of publishing.
  *   u32 magic   'T' 'K' 'S' '1'
  *   u32 total   bytes of the whole record
  *   u64 seq
@@ -41,6 +44,100 @@ typedef struct {
     bool indexed; /* index covers the whole segment */
 } seg_t;
 
+/* Group fsync runs in a thread of its own: fdatasync of a second's worth of
+ * messages can take longer than the publisher may stop reading its input.
+ * It gets file descriptors (dup'd, or a rolled segment's) and closes them
+ * once synced. */
+#define SYNC_QUEUE 8
+
+typedef struct {
+    pthread_t th;
+    pthread_mutex_t mu;
+    pthread_cond_t cv, idle;
+    int fds[SYNC_QUEUE];
+    size_t n;
+    bool busy, stop, started;
+    int errors;
+} syncer_t;
+
+static void *syncer_main(void *arg)
+{
+    syncer_t *y = arg;
+    pthread_mutex_lock(&y->mu);
+    for (;;) {
+        while (!y->n && !y->stop)
+            pthread_cond_wait(&y->cv, &y->mu);
+        if (!y->n && y->stop)
+            break;
+        int fd = y->fds[0];
+        memmove(y->fds, y->fds + 1, (y->n - 1) * sizeof *y->fds);
+        y->n--;
+        y->busy = true;
+        pthread_mutex_unlock(&y->mu);
+        int rc = fdatasync(fd);
+        close(fd);
+        pthread_mutex_lock(&y->mu);
+        y->busy = false;
+        if (rc < 0)
+            y->errors++;
+        if (!y->n)
+            pthread_cond_broadcast(&y->idle);
+    }
+    pthread_mutex_unlock(&y->mu);
+    return NULL;
+}
+
+/* Hands fd over (it is closed after the sync). Returns false when the queue
+ * is full: the caller keeps fd. */
+static bool syncer_post(syncer_t *y, int fd)
+{
+    if (!y->started) {
+        pthread_mutex_init(&y->mu, NULL);
+        pthread_cond_init(&y->cv, NULL);
+        pthread_cond_init(&y->idle, NULL);
+        if (pthread_create(&y->th, NULL, syncer_main, y) != 0)
+            return false;
+        y->started = true;
+    }
+    pthread_mutex_lock(&y->mu);
+    bool ok = y->n < SYNC_QUEUE;
+    if (ok) {
+        y->fds[y->n++] = fd;
+        pthread_cond_signal(&y->cv);
+    }
+    pthread_mutex_unlock(&y->mu);
+    return ok;
+}
+
+/* Waits until everything handed over is synced; true when all went well. */
+static bool syncer_drain(syncer_t *y)
+{
+    if (!y->started)
+        return true;
+    pthread_mutex_lock(&y->mu);
+    while (y->n || y->busy)
+        pthread_cond_wait(&y->idle, &y->mu);
+    bool ok = y->errors == 0;
+    y->errors = 0;
+    pthread_mutex_unlock(&y->mu);
+    return ok;
+}
+
+static void syncer_stop(syncer_t *y)
+{
+    if (!y->started)
+        return;
+    pthread_mutex_lock(&y->mu);
+    y->stop = true;
+    pthread_cond_signal(&y->cv);
+    pthread_mutex_unlock(&y->mu);
+    pthread_join(y->th, NULL);
+    pthread_mutex_destroy(&y->mu);
+    pthread_cond_destroy(&y->cv);
+    pthread_cond_destroy(&y->idle);
+    y->started = false;
+}
+
 struct spool {
     char *dir;
     spool_opts_t o;
@@ -52,7 +149,14 @@ struct spool {
     int64_t last_sync_ms;
     uint64_t total;
     uint64_t repaired;
+    /* records appended but not yet written: one write per flush, not one
+     * per message */
+    mbuf_t wbuf;
+    uint64_t pend_last; /* seq of the last record in wbuf; 0: none */
+    syncer_t syncer;
 };
+
+#define WBUF_MAX (1u << 20)
 
 struct spool_cursor {
     spool_t *s;
@@ -141,7 +245,7 @@ static uint32_t read_record(int fd, uint64_t off, uint64_t limit, uint64_t *seq,
     if (pread(fd, buf->data, total, (off_t)off) != (ssize_t)total)
         return 0;
     uint32_t want = get32((unsigned char *)buf->data + total - 4);
-    uint32_t got = (uint32_t)crc32(0L, (const unsigned char *)buf->data, total - 4);
+    uint32_t got = (uint32_t)XXH3_64bits(buf->data, total - 4);
     if (want != got)
         return 0;
     buf->len = total;
@@ -283,9 +387,14 @@ spool_t *spool_open(const spool_opts_t *o, char *err, size_t errcap)
 
 int spool_sync(spool_t *s)
 {
+    bool ok = syncer_drain(&s->syncer); /* what was handed over, then the rest */
     if (s->fd >= 0 && s->dirty && fdatasync(s->fd) < 0)
         return -1;
     s->dirty = false;
+    if (!ok) {
+        errno = EIO;
+        return -1;
+    }
     return 0;
 }
 
@@ -295,10 +404,13 @@ void spool_close(spool_t **ps)
     if (!s)
         return;
     if (s->fd >= 0) {
+        spool_flush(s);
         if (s->o.fsync_ms >= 0)
             spool_sync(s);
         close(s->fd);
     }
+    syncer_stop(&s->syncer);
+    mbuf_free(&s->wbuf);
     for (size_t i = 0; i < s->nsegs; i++)
         free(s->segs[i].index);
     free(s->segs);
@@ -328,10 +440,16 @@ uint64_t spool_repaired(const spool_t *s) { return s->repaired; }
 static int new_segment(spool_t *s, uint64_t first)
 {
     if (s->fd >= 0) {
-        if (s->o.fsync_ms >= 0 && spool_sync(s) < 0)
-            return -1;
-        close(s->fd);
+        /* the finished segment is synced in the background (or here, when
+         * every write must be synced before it is sent, or the queue is full) */
+        bool handed = s->o.fsync_ms > 0 && s->dirty && syncer_post(&s->syncer, s->fd);
+        if (!handed) {
+            if (s->o.fsync_ms >= 0 && s->dirty && fdatasync(s->fd) < 0)
+                return -1;
+            close(s->fd);
+        }
         s->fd = -1;
+        s->dirty = false;
     }
     char *path = seg_path(s, first);
     int fd = open(path, O_WRONLY | O_APPEND | O_CREAT | O_TRUNC | O_CLOEXEC, 0640);
@@ -346,21 +464,66 @@ static int new_segment(spool_t *s, uint64_t first)
     return 0;
 }
 
+int spool_flush(spool_t *s)
+{
+    if (!s->wbuf.len)
+        return 0;
+    seg_t *g = &s->segs[s->nsegs - 1];
+    size_t done = 0;
+    while (done < s->wbuf.len) {
+        ssize_t n = write(s->fd, s->wbuf.data + done, s->wbuf.len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            int saved = n < 0 ? errno : EIO;
+            /* no part of the batch may stay: the next append would follow it */
+            if (done && ftruncate(s->fd, (off_t)g->bytes) < 0)
+                saved = errno;
+            mbuf_reset(&s->wbuf);
+            s->pend_last = 0;
+            errno = saved;
+            return -1;
+        }
+        done += (size_t)n;
+    }
+    /* the sparse index points of what was written */
+    for (size_t off = 0; off < s->wbuf.len;) {
+        const unsigned char *h = (const unsigned char *)s->wbuf.data + off;
+        index_add(g, get64(h + 8), g->bytes + off);
+        off += get32(h + 4);
+    }
+    g->bytes += s->wbuf.len;
+    g->last = s->pend_last;
+    g->mtime_ms = wall_ms();
+    s->total += s->wbuf.len;
+    s->dirty = true;
+    mbuf_reset(&s->wbuf);
+    s->pend_last = 0;
+    if (s->o.fsync_ms == 0)
+        return spool_sync(s);
+    return 0;
+}
+
+uint64_t spool_appended_seq(const spool_t *s)
+{
+    return s->pend_last ? s->pend_last : spool_last_seq(s);
+}
+
 int spool_append(spool_t *s, uint64_t seq, const char *topic, const void *env, size_t len)
 {
     size_t tl = strlen(topic);
-    if (tl == 0 || tl > TOPIC_MAX || len > ENV_MAX ||
-        (spool_last_seq(s) && seq != spool_last_seq(s) + 1)) {
+    uint64_t prev = spool_appended_seq(s);
+    if (tl == 0 || tl > TOPIC_MAX || len > ENV_MAX || (prev && seq != prev + 1)) {
         errno = EINVAL;
         return -1;
     }
     seg_t *g = s->nsegs ? &s->segs[s->nsegs - 1] : NULL;
     uint32_t total = (uint32_t)(HDR + tl + len + 4);
-    if (!g || (g->bytes > 0 && (g->bytes + total > (uint64_t)s->o.segment_bytes ||
-                                mono_ms() - s->active_since >= s->o.segment_age_ms))) {
-        if (new_segment(s, seq) < 0)
+    uint64_t size = g ? g->bytes + s->wbuf.len : 0;
+    if (!g || (size > 0 && (size + total > (uint64_t)s->o.segment_bytes ||
+                            mono_ms() - s->active_since >= s->o.segment_age_ms))) {
+        if (spool_flush(s) < 0 || new_segment(s, seq) < 0)
             return -1;
-        g = &s->segs[s->nsegs - 1];
     }
     unsigned char h[HDR] = { 0 }, c[4];
     put32(h, MAGIC);
@@ -368,29 +531,16 @@ int spool_append(spool_t *s, uint64_t seq, const char *topic, const void *env, s
     put64(h + 8, seq);
     h[16] = (unsigned char)tl;
     put32(h + 20, (uint32_t)len);
-    uLong crc = crc32(0L, h, HDR);
-    crc = crc32(crc, (const unsigned char *)topic, (uInt)tl);
-    crc = crc32(crc, env, (uInt)len);
-    put32(c, (uint32_t)crc);
-    struct iovec iov[4] = { { h, HDR }, { (void *)(uintptr_t)topic, tl },
-                            { (void *)(uintptr_t)env, len }, { c, 4 } };
-    ssize_t n = writev(s->fd, iov, 4);
-    if (n != (ssize_t)total) {
-        int saved = n < 0 ? errno : EIO;
-        /* a partial record must not stay: the next append would follow it */
-        if (n > 0 && ftruncate(s->fd, (off_t)g->bytes) < 0)
-            saved = errno;
-        errno = saved;
-        return -1;
-    }
-    index_add(g, seq, g->bytes);
-    g->bytes += total;
-    g->last = seq;
-    g->mtime_ms = wall_ms();
-    s->total += total;
-    s->dirty = true;
-    if (s->o.fsync_ms == 0)
-        return spool_sync(s);
+    size_t start = s->wbuf.len;
+    mbuf_reserve(&s->wbuf, total);
+    mbuf_append(&s->wbuf, h, HDR);
+    mbuf_append(&s->wbuf, topic, tl);
+    mbuf_append(&s->wbuf, env, len);
+    put32(c, (uint32_t)XXH3_64bits(s->wbuf.data + start, total - 4));
+    mbuf_append(&s->wbuf, c, 4);
+    s->pend_last = seq;
+    if (s->wbuf.len >= WBUF_MAX)
+        return spool_flush(s);
     return 0;
 }
 
@@ -423,8 +573,20 @@ static void retain(spool_t *s)
 int spool_tick(spool_t *s, int64_t now_ms)
 {
     int rc = 0;
+    /* an idle publisher's segment rolls by age too, so retention can take it;
+     * the new, empty segment keeps the last seq known across a restart */
+    if (s->nsegs && s->fd >= 0 && !s->wbuf.len) {
+        seg_t *g = &s->segs[s->nsegs - 1];
+        if (g->bytes > 0 && now_ms - s->active_since >= s->o.segment_age_ms &&
+            new_segment(s, g->last + 1) < 0)
+            rc = -1;
+    }
     if (s->o.fsync_ms > 0 && s->dirty && now_ms - s->last_sync_ms >= s->o.fsync_ms) {
-        rc = spool_sync(s);
+        int fd = dup(s->fd); /* the syncer closes its copy when done */
+        if (fd >= 0 && !syncer_post(&s->syncer, fd))
+            close(fd); /* it is still busy with the last one: next time */
+        else if (fd >= 0)
+            s->dirty = false;
         s->last_sync_ms = now_ms;
     }
     retain(s);

@@ -32,17 +32,27 @@ spool_t *spool_open(const spool_opts_t *o, char *err, size_t errcap);
 /* Syncs and closes. */
 void spool_close(spool_t **s);
 
-uint64_t spool_last_seq(const spool_t *s);   /* 0 when empty */
+uint64_t spool_last_seq(const spool_t *s);   /* last written (flushed) seq; 0 when empty */
 uint64_t spool_oldest_seq(const spool_t *s); /* first retained seq; 0 when empty */
 uint64_t spool_bytes(const spool_t *s);
 size_t spool_segments(const spool_t *s);
 /* Bytes of the tail cut off at open (a crash in the middle of a write). */
 uint64_t spool_repaired(const spool_t *s);
 
-/* Appends one message. seq must be spool_last_seq() + 1 (or any seq when
- * the spool is empty). Returns 0, or -1 with errno (the message is not in
- * the spool and must not be sent). */
+/* Appends one message to the write buffer; it reaches the file at the next
+ * spool_flush (or when 1 MiB is buffered, or the segment rolls). seq must
+ * follow the last appended one (any seq when the spool is empty). Returns 0,
+ * or -1 with errno (the message is not in the spool and must not be sent). */
 int spool_append(spool_t *s, uint64_t seq, const char *topic, const void *env, size_t len);
+
+/* Writes what was appended, in one write. A publisher sends nothing it has
+ * not flushed. Returns 0, or -1 with errno: then every record appended since
+ * the last flush is dropped (none of them may be sent) and the next append
+ * continues from spool_last_seq() + 1. */
+int spool_flush(spool_t *s);
+
+/* The last seq appended, written or not. */
+uint64_t spool_appended_seq(const spool_t *s);
 
 /* Housekeeping, from the owner's loop: group fsync when due, rolling by
  * age, retention. now_ms is the monotonic clock. Returns 0 or -1 (errno). */

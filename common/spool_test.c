@@ -30,7 +30,7 @@
 #define ARRAY_LEN(a) (sizeof(a) / sizeof((a)[0]))
 
 /* The standard message: topic "ev.00" and a 67-byte envelope make a
- * 100-byte record (24 header + 5 + 67 + 4 CRC), so segment_bytes 300 holds
+ * 100-byte record (24 header + 5 + 67 + 4 check), so segment_bytes 300 holds
  * exactly three. The tests that need this check it through spool_bytes. */
 #define STD_TOPIC "ev.00"
 #define STD_LEN 67
@@ -162,6 +162,13 @@ static spool_cursor_t *cur_ok(spool_t *s, uint64_t from)
 /* ---- messages ------------------------------------------------------------- */
 
 /* The envelope bytes of seq: a pattern that differs between seqs. */
+/* Appends and writes at once: what a publisher does before it sends. */
+static int append_flush(spool_t *s, uint64_t seq, const char *topic, const void *env, size_t len)
+{
+    int rc = spool_append(s, seq, topic, env, len);
+    return rc == 0 ? spool_flush(s) : rc;
+}
+
 static void fill_env(unsigned char *p, size_t len, uint64_t seq)
 {
     for (size_t i = 0; i < len; i++)
@@ -172,7 +179,7 @@ static void append_ok(spool_t *s, uint64_t seq, const char *topic, size_t len)
 {
     unsigned char *env = malloc(len ? len : 1);
     fill_env(env, len, seq);
-    if (spool_append(s, seq, topic, env, len) != 0)
+    if (append_flush(s, seq, topic, env, len) != 0)
         fail_msg("append %llu (%s, %zu bytes): %s", (unsigned long long)seq, topic, len,
                  strerror(errno));
     assert_int_equal(spool_last_seq(s), seq);
@@ -388,7 +395,7 @@ static void test_seq_continuity(void **state)
         unsigned char env[STD_LEN];
         fill_env(env, sizeof env, cases[i].seq);
         errno = 0;
-        int rc = spool_append(s, cases[i].seq, STD_TOPIC, env, sizeof env);
+        int rc = append_flush(s, cases[i].seq, STD_TOPIC, env, sizeof env);
         if (rc != cases[i].rc)
             fail_msg("case %zu: append %llu after %llu: %d, want %d", i,
                      (unsigned long long)cases[i].seq, (unsigned long long)last, rc,
@@ -660,7 +667,7 @@ static int append_limited(spool_t *s, uint64_t seq, rlim_t limit)
     unsigned char env[STD_LEN];
     fill_env(env, sizeof env, seq);
     errno = 0;
-    int rc = spool_append(s, seq, STD_TOPIC, env, sizeof env);
+    int rc = append_flush(s, seq, STD_TOPIC, env, sizeof env);
     int saved = errno;
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &old), 0);
     signal(SIGXFSZ, prev);
@@ -790,10 +797,14 @@ static void test_roll_by_age(void **state)
     assert_int_equal(firsts[1], 3);
     assert_int_equal(firsts[2], 5);
     assert_int_equal(firsts[3], 6);
-    /* a tick does not create segments */
+    /* an idle segment rolls by age on a tick too (so retention can take it):
+     * a new, empty one starts at the next seq */
     sleep_ms(60);
     assert_int_equal(spool_tick(s, now_ms()), 0);
-    assert_int_equal(spool_segments(s), 4);
+    assert_int_equal(spool_segments(s), 5);
+    assert_int_equal(spool_last_seq(s), 6);
+    assert_int_equal(seg_files(dir, firsts, 8), 5);
+    assert_int_equal(firsts[4], 7);
     spool_cursor_t *c = cur_ok(s, 1);
     expect_std(c, 1, 6);
     expect_rc(c, 0);
@@ -1116,6 +1127,9 @@ static void test_topic_lengths(void **state)
         else
             assert_int_equal(errno, EINVAL);
     }
+    assert_int_equal(spool_last_seq(s), 0); /* appended, not yet written */
+    assert_int_equal(spool_appended_seq(s), 3);
+    assert_int_equal(spool_flush(s), 0);
     assert_int_equal(spool_last_seq(s), 3);
     for (int round = 0; round < 2; round++) {
         spool_cursor_t *c = cur_ok(s, 1);

@@ -2,7 +2,8 @@
 # make bench-spool: the cost of the publisher's spool. The same publisher,
 # one subscriber, messages of 1 and 64 usage records, with the spool off,
 # on with group fsync every 1 s and every 10 ms, and fsync after every
-# message; the modes alternate in each round so drift on the machine touches
+# write (spool_fsync = 0: a write is a loop turn, 64 messages here); the
+# modes alternate in each round so drift on the machine touches
 # all of them. Prints the median of the rounds and the ratio to "off".
 set -u
 BIN=${1:-build/bin}
@@ -34,7 +35,7 @@ for records in 1 64; do
         mr=$(median "${rate[$records,$m]}")
         rr=$(median "${rrate[$records,$m]}")
         label=$m
-        case $m in off) label="off";; 1s) label="fsync every 1 s";; 10ms) label="fsync every 10 ms";; each) label="fsync every message";; esac
+        case $m in off) label="off";; 1s) label="fsync every 1 s";; 10ms) label="fsync every 10 ms";; each) label="fsync after every write";; esac
         printf '| %s | %s | %s | %s | %s %% |\n' "$records" "$label" "$mr" "$rr" "$(( 100 * mr / base ))"
     done
 done

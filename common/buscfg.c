@@ -137,4 +137,5 @@ void buscfg_rsub_stats(const rsub_t *r, stats_t *st)
     *stats_counter(st, "bus_messages_lost_total", NULL) = (int64_t)c->lost;
     *stats_counter(st, "bus_replays_total", NULL) = (int64_t)c->replays;
     *stats_counter(st, "bus_malformed_total", NULL) = (int64_t)c->malformed;
+    *stats_counter(st, "bus_publisher_resets_total", NULL) = (int64_t)c->resets;
 }

@@ -244,8 +244,9 @@ static int run_job(replay_srv_t *r, job_t *j, int budget)
     while (budget-- > 0) {
         if (!j->held) {
             int rc = spool_cursor_next(j->cur, &j->held_seq, j->held_topic, &j->held_env);
-            if (rc < 0) { /* the spool lost what this replay needed */
-                send3(r, j->id, j->idlen, "GONE", r->src, spool_oldest_seq(r->spool));
+            if (rc < 0) { /* the spool lost, or cannot read, what this replay needs */
+                send3(r, j->id, j->idlen, "GONE", r->src,
+                      spool_cursor_resume(j->cur, r->spool));
                 r->c.gones++;
                 return 0;
             }

@@ -514,6 +514,14 @@ static int on_reply(rsub_t *r, size_t pub, zmq_msg_t *f, int n)
             s->fresh = true;
             s->pos = 0;
         }
+        if (s->known && last != UINT64_MAX && last < s->pos) {
+            /* the publisher is behind what we applied: it lost its spool and
+             * counts from 1 again. Its messages are new: take them all */
+            r->c.resets++;
+            s->pos = 0;
+            s->fresh = true;
+            s->replaying = false;
+        }
         if (s->want_replay || (!s->replaying && last != UINT64_MAX && s->pos < last))
             request(r, s, s->pos + 1);
         return 0;
@@ -547,10 +555,16 @@ static int on_reply(rsub_t *r, size_t pub, zmq_msg_t *f, int n)
             r->c.gaps_lost++;
             r->c.lost += num - s->pos - 1;
         }
+        if (num <= s->pos + 1) {
+            /* the publisher cannot read what follows pos (a damaged record):
+             * count it lost and step over it, so the replays make progress */
+            r->c.gaps_lost++;
+            r->c.lost++;
+            num = s->pos + 2;
+        }
         s->fresh = false;
         s->for_gap = false;
-        if (num > s->pos + 1)
-            s->pos = num - 1;
+        s->pos = num - 1;
         request(r, s, s->pos + 1);
         return 0;
     }

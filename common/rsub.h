@@ -56,6 +56,7 @@ typedef struct {
     uint64_t replayed;    /* messages received by replay */
     uint64_t malformed;   /* frames or envelopes refused */
     uint64_t overflow;    /* live messages dropped from a full buffer (replay fetches them) */
+    uint64_t resets;      /* publishers found behind our position (they lost their spool) */
 } rsub_counters_t;
 
 rsub_t *rsub_new(void *zctx, const rsub_opts_t *o, rsub_apply_fn apply, void *arg, char *err,

@@ -701,6 +701,16 @@ fail:
     return NULL;
 }
 
+uint64_t spool_cursor_resume(const spool_cursor_t *c, const spool_t *s)
+{
+    if (c->next < spool_oldest_seq(s))
+        return spool_oldest_seq(s);
+    for (size_t i = 0; i < s->nsegs; i++)
+        if (s->segs[i].first > c->next)
+            return s->segs[i].first;
+    return spool_last_seq(s) + 1;
+}
+
 void spool_cursor_close(spool_cursor_t **pc)
 {
     spool_cursor_t *c = *pc;

@@ -70,6 +70,11 @@ typedef struct spool_cursor spool_cursor_t;
 spool_cursor_t *spool_cursor_open(spool_t *s, uint64_t from, uint64_t *gone);
 void spool_cursor_close(spool_cursor_t **c);
 
+/* After spool_cursor_next returned -1: the seq from which the spool can be
+ * read again (the next segment's first, or the oldest retained when
+ * retention took what the cursor needed, or the last seq + 1). */
+uint64_t spool_cursor_resume(const spool_cursor_t *c, const spool_t *s);
+
 /* Reads the next message: returns 1 with its seq, topic (NUL-terminated, in
  * topic[0..64]) and envelope (replacing env's contents), 0 at the end of
  * what has been written, -1 on a damaged record or I/O error. */

@@ -300,11 +300,12 @@ static int run_durable(tap_t *t, cfg_t *cfg, const char *state_path, const char 
     const rsub_counters_t *c = rsub_counters(r);
     fprintf(stderr,
             NAME ": applied %llu, duplicates %llu, gaps %llu (healed %llu, lost %llu: %llu messages), "
-                 "replays %llu, malformed %llu\n",
+                 "replays %llu, malformed %llu, publisher resets %llu\n",
             (unsigned long long)c->applied, (unsigned long long)c->duplicates,
             (unsigned long long)c->gaps, (unsigned long long)c->gaps_healed,
             (unsigned long long)c->gaps_lost, (unsigned long long)c->lost,
-            (unsigned long long)c->replays, (unsigned long long)c->malformed);
+            (unsigned long long)c->replays, (unsigned long long)c->malformed,
+            (unsigned long long)c->resets);
     fclose(t->out);
     rsub_destroy(&r);
     buscfg_close(&bus);

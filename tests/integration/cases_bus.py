@@ -135,3 +135,25 @@ def curve(env):
     check(rc == 0 and "tokmon-collectd" in out, "tokmonctl stats over CURVE: %s", err)
     rc, out, err = run([bin_path("tokmonctl"), "-c", client_cfg("bad2.ini", bad), "stats", "--timeout", "1"])
     check(rc != 0, "tokmonctl stats with a key not allowed got an answer: %s", out[:200])
+
+
+@case(timeout=60)
+def spool_lost_publisher(env):
+    """A publisher that lost its spool counts from 1 again: a subscriber
+    whose position is above the publisher's last seq counts a reset and takes
+    the new messages, instead of dropping them as duplicates."""
+    import shutil
+    c = env.collector(global_={"stats_interval": "1s"})
+    emit(c, 300)
+    tap = durable_tap(env, c.client_cfg, "t")
+    check_eq(tap.wait(30), 0, "first tap's exit status")
+    check_eq(count_lines(env.path("t.jsonl")), 300, "records before the loss")
+    c.stop()
+    shutil.rmtree(os.path.join(env.dir, "spool"))  # the publisher's disk is gone
+    c.start()
+    emit(c, 20, seed=9)
+    time.sleep(0.3)
+    tap = durable_tap(env, c.client_cfg, "t")
+    check_eq(tap.wait(30), 0, "second tap's exit status")
+    check_eq(count_lines(env.path("t.jsonl")), 320, "records after the publisher's reset")
+    check("publisher resets 1" in tap.stderr(), "the reset was not counted: %s", tap.stderr()[-300:])

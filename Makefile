@@ -34,7 +34,7 @@ endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Itools
+CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Itools
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
 LDLIBS     = $(PKG_LIBS) -lm -lpthread
 
@@ -44,13 +44,20 @@ COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c common/s
               common/sdnotify.c common/addr.c common/cfg.c common/dec.c \
               common/jtok.c common/mpr.c common/msg.c common/bus.c \
               common/stats.c common/prices.c common/auth.c common/replay.c common/rsub.c \
-              common/curve.c common/buscfg.c
+              common/curve.c common/buscfg.c common/sketch.c
 # the collector's code, also linked into its tests and fuzzers
 COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
                 collectd/batch.c collectd/net.c
+# the aggregator's code, also linked into its tests
+AGGREGATOR_LIB := aggregator/cal.c aggregator/ktab.c aggregator/win.c aggregator/snap.c \
+                  aggregator/quota.c aggregator/budget.c aggregator/rollup.c \
+                  aggregator/sflush.c aggregator/agg.c aggregator/query.c
+# what unit tests and fuzzers link besides libtokmon
+APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB)
 
-BINS := tokmon-collectd tokmon-emit tokmon-tap tokmonctl
+BINS := tokmon-collectd tokmon-aggregator tokmon-emit tokmon-tap tokmonctl
 tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
+tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
@@ -58,9 +65,10 @@ tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
 UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_test \
               common/msg_test common/mpr_test common/bus_test common/auth_test \
               common/tmtime_test common/log_test \
-              common/spool_test common/replay_test common/rsub_test \
-              collectd/statsd_test collectd/event_test collectd/ingest_test
-FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest
+              common/spool_test common/replay_test common/rsub_test common/sketch_test \
+              collectd/statsd_test collectd/event_test collectd/ingest_test \
+              aggregator/cal_test aggregator/sflush_test
+FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch
 
 # ---- rules -----------------------------------------------------------------
 
@@ -99,16 +107,16 @@ $(BUILD)/bin/$(1): $(call obj,$($(1)_SRC)) $(LIB)
 endef
 $(foreach b,$(BINS),$(eval $(call BIN_RULE,$(b))))
 
-# unit tests link the module under test, the collector's code and libtokmon
-$(BUILD)/test/%: %.c $(call obj,$(COLLECTD_LIB)) $(LIB) | $(DEPS_STAMP)
+# unit tests link the module under test, the stages' code and libtokmon
+$(BUILD)/test/%: %.c $(call obj,$(APP_LIB)) $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(COLLECTD_LIB)) $(LIB) $(LDLIBS) -lcmocka -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(APP_LIB)) $(LIB) $(LDLIBS) -lcmocka -o $@
 
 unit-tests: $(addprefix $(BUILD)/test/,$(UNIT_TESTS))
 
-$(BUILD)/fuzz/%: tests/fuzz/%.c $(call obj,$(COLLECTD_LIB)) $(LIB) | $(DEPS_STAMP)
+$(BUILD)/fuzz/%: tests/fuzz/%.c $(call obj,$(APP_LIB)) $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
-	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fsanitize=fuzzer $< $(call obj,$(COLLECTD_LIB)) $(LIB) $(LDLIBS) -o $@
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -fsanitize=fuzzer $< $(call obj,$(APP_LIB)) $(LIB) $(LDLIBS) -o $@
 
 fuzzers: $(addprefix $(BUILD)/fuzz/,$(FUZZERS))
 

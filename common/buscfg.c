@@ -49,12 +49,29 @@ void buscfg_close(buscfg_t *b)
     curve_zap_stop(&b->zap);
 }
 
+char *buscfg_spool_dir(const cfg_t *cfg, const char *src)
+{
+    return xasprintf("%s/spool/%s", cfg->global.state_dir, src);
+}
+
 bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, const char *src,
                             char *err, size_t errcap)
 {
+    return buscfg_publisher_at(b, zctx, cfg, peer, 0, src, err, errcap);
+}
+
+bus_pub_t *buscfg_publisher_at(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, size_t index,
+                               const char *src, char *err, size_t errcap)
+{
+    static const char *const kinds[] = { "collectd", "aggregator", "alerter" };
     const cfg_bus_t *c = &cfg->bus;
     const cfg_peers_t *p = &c->peers[peer];
-    char *dir = xasprintf("%s/spool/%s", cfg->global.state_dir, src);
+    if (index >= p->pub.n) {
+        snprintf(err, errcap, "[bus] %s lists %zu endpoint(s); publisher %zu needs its own",
+                 kinds[peer], p->pub.n, index);
+        return NULL;
+    }
+    char *dir = buscfg_spool_dir(cfg, src);
     spool_opts_t so = {
         .dir = dir,
         .segment_bytes = c->spool_segment_size,
@@ -66,12 +83,12 @@ bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer,
     bus_pub_opts_t po = {
         .sndhwm = (int)c->sndhwm,
         .spool = c->spool ? &so : NULL,
-        .replay_endpoint = c->spool ? p->replay.v[0] : NULL,
+        .replay_endpoint = c->spool ? p->replay.v[index] : NULL,
         .defer = true, /* the stage's loop flushes: bus_pub_work, bus_pub_flush */
         .sock_setup = b->curve ? curve_sock_setup : NULL,
         .setup_arg = b->curve ? &b->server : NULL,
     };
-    bus_pub_t *pub = bus_pub_new(zctx, p->pub.v[0], src, &po, err, errcap);
+    bus_pub_t *pub = bus_pub_new(zctx, p->pub.v[index], src, &po, err, errcap);
     free(dir);
     return pub;
 }

@@ -36,6 +36,13 @@ void buscfg_close(buscfg_t *b);
 bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, const char *src,
                             char *err, size_t errcap);
 
+/* The same for the index-th endpoint of its kind (one of several shards). */
+bus_pub_t *buscfg_publisher_at(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, size_t index,
+                               const char *src, char *err, size_t errcap);
+
+/* Where the publisher src keeps its spool (a new string). */
+char *buscfg_spool_dir(const cfg_t *cfg, const char *src);
+
 /* A reliable subscriber of every publisher of the kinds in peers. */
 rsub_t *buscfg_subscriber(buscfg_t *b, void *zctx, const cfg_t *cfg, const int *peers,
                           size_t npeers, const char *const *prefixes, size_t nprefixes,

@@ -131,20 +131,55 @@ static const key_t_ collectd_keys[] = {
 
 static const key_t_ aggregator_keys[] = {
     { "query", T_ENDPOINT, K(cfg_aggregator_t, query), "tcp://127.0.0.1:7720", 0, 0, NULL, false },
+    { "src", T_STR, K(cfg_aggregator_t, src), "", 0, 0, NULL, false },
+    { "snapshot_interval", T_DURATION, K(cfg_aggregator_t, snapshot_interval), "30s", 100, 86400000, NULL, true },
+    { "lateness", T_DURATION, K(cfg_aggregator_t, lateness), "5m", 0, 7 * 86400000LL, NULL, false },
+    { "close_delay", T_DURATION, K(cfg_aggregator_t, close_delay), "2s", 0, 3600000, NULL, false },
+    { "history", T_DURATION, K(cfg_aggregator_t, history), "24h", 60000, 31 * 86400000LL, NULL, false },
+    { "budget_interval", T_DURATION, K(cfg_aggregator_t, budget_interval), "5s", 100, 3600000, NULL, true },
+    { "quota_sweep", T_DURATION, K(cfg_aggregator_t, quota_sweep), "10s", 100, 3600000, NULL, true },
+    { "rollup_users", T_BOOL, K(cfg_aggregator_t, rollup_users), "on", 0, 0, NULL, false },
+    { "statsd_interval", T_DURATION, K(cfg_aggregator_t, statsd_interval), "10s", 100, 3600000, NULL, false },
+    { "statsd_max_series", T_INT, K(cfg_aggregator_t, statsd_max_series), "100000", 1, 100000000, NULL, true },
+    { "statsd_max_set", T_INT, K(cfg_aggregator_t, statsd_max_set), "100000", 1, 100000000, NULL, true },
+    { "statsd_idle", T_INT, K(cfg_aggregator_t, statsd_idle), "6", 1, 1000000, NULL, true },
     END,
 };
 
+#define LIMIT_KEYS(st, pre, dt, mt, wt, du, mu, wu, wp, lo)                                   \
+    { "daily_tokens", T_INT, K(st, pre daily_tokens), dt, lo, INT64_MAX, NULL, true },         \
+    { "monthly_tokens", T_INT, K(st, pre monthly_tokens), mt, lo, INT64_MAX, NULL, true },     \
+    { "window_tokens", T_INT, K(st, pre window_tokens), wt, lo, INT64_MAX, NULL, true },       \
+    { "daily_usd", T_MONEY, K(st, pre daily_nusd), du, 0, 0, NULL, true },                     \
+    { "monthly_usd", T_MONEY, K(st, pre monthly_nusd), mu, 0, 0, NULL, true },                 \
+    { "window_usd", T_MONEY, K(st, pre window_nusd), wu, 0, 0, NULL, true },                   \
+    { "warn_pct", T_INT, K(st, pre warn_pct), wp, lo, 100, NULL, true }
+
 static const key_t_ quota_keys[] = {
-    { "daily_tokens", T_INT, K(cfg_quota_t, daily_tokens), "100000", 0, INT64_MAX, NULL, true },
-    { "monthly_tokens", T_INT, K(cfg_quota_t, monthly_tokens), "2000000", 0, INT64_MAX, NULL, true },
+    { "window", T_DURATION, K(cfg_quota_t, window), "5h", 60000, 31 * 86400000LL, NULL, false },
+    LIMIT_KEYS(cfg_quota_t, lim., "100000", "2000000", "0", "0", "0", "0", "80", 0),
     END,
 };
+
+static const key_t_ account_quota_keys[] = {
+    LIMIT_KEYS(cfg_limits_t, , "0", "0", "0", "0", "0", "0", "80", 0),
+    END,
+};
+
+/* overrides: -1 (and an empty dollar amount) inherit the defaults */
+static const key_t_ quota_override_keys[] = {
+    LIMIT_KEYS(cfg_quota_override_t, lim., "-1", "-1", "-1", "", "", "", "-1", -1),
+    END,
+};
+#undef LIMIT_KEYS
 
 static const key_t_ budget_keys[] = {
     { "scope", T_STR, K(cfg_budget_t, scope), "global", 0, 0, NULL, true },
     { "period", T_ENUM, K(cfg_budget_t, period), "day", 0, 0, periods, true },
     { "limit_usd", T_MONEY, K(cfg_budget_t, limit_nusd), "", 0, 0, NULL, true },
     { "warn_pct", T_INT, K(cfg_budget_t, warn_pct), "80", 1, 100, NULL, true },
+    { "rollover", T_BOOL, K(cfg_budget_t, rollover), "off", 0, 0, NULL, true },
+    { "rollover_cap_usd", T_MONEY, K(cfg_budget_t, rollover_cap_nusd), "", 0, 0, NULL, true },
     END,
 };
 
@@ -182,6 +217,9 @@ static int validate_global(cfg_t *, void *, const char *, char *, size_t);
 static int validate_bus(cfg_t *, void *, const char *, char *, size_t);
 static int validate_collectd(cfg_t *, void *, const char *, char *, size_t);
 static int validate_budget(cfg_t *, void *, const char *, char *, size_t);
+static int validate_quota(cfg_t *, void *, const char *, char *, size_t);
+static int validate_limits(cfg_t *, void *, const char *, char *, size_t);
+static int validate_quota_override(cfg_t *, void *, const char *, char *, size_t);
 static int validate_notify(cfg_t *, void *, const char *, char *, size_t);
 static int validate_price(cfg_t *, void *, const char *, char *, size_t);
 
@@ -195,7 +233,12 @@ static const section_t sections[] = {
     STATIC_SECTION("bus", cfg_bus_t, bus, bus_keys, validate_bus),
     STATIC_SECTION("collectd", cfg_collectd_t, collectd, collectd_keys, validate_collectd),
     STATIC_SECTION("aggregator", cfg_aggregator_t, aggregator, aggregator_keys, NULL),
-    STATIC_SECTION("quota", cfg_quota_t, quota, quota_keys, NULL),
+    STATIC_SECTION("quota", cfg_quota_t, quota, quota_keys, validate_quota),
+    STATIC_SECTION("quota.account", cfg_limits_t, account_quota, account_quota_keys, validate_limits),
+    PATTERN_SECTION("quota.user", cfg_quota_override_t, user_quotas, nuser_quotas,
+                    quota_override_keys, validate_quota_override),
+    PATTERN_SECTION("quota.account", cfg_quota_override_t, account_quotas, naccount_quotas,
+                    quota_override_keys, validate_quota_override),
     STATIC_SECTION("pgwriter", cfg_pgwriter_t, pgwriter, pgwriter_keys, NULL),
     STATIC_SECTION("exporter", cfg_exporter_t, exporter, exporter_keys, NULL),
     STATIC_SECTION("alerter", cfg_alerter_t, alerter, alerter_keys, NULL),
@@ -1218,6 +1261,46 @@ static int validate_collectd(cfg_t *cfg, void *sect, const char *name, char *err
     return 0;
 }
 
+/* Dollar limits left empty in [quota] and [quota.account] mean no limit. */
+static int validate_limits(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    (void)name;
+    (void)err;
+    (void)cap;
+    cfg_limits_t *l = sect;
+    int64_t *usd[] = { &l->daily_nusd, &l->monthly_nusd, &l->window_nusd };
+    for (size_t i = 0; i < 3; i++)
+        if (*usd[i] < 0)
+            *usd[i] = 0;
+    return 0;
+}
+
+static int validate_quota(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    cfg_quota_t *q = sect;
+    if (q->window % 60000) {
+        snprintf(err, cap, "window: must be whole minutes (it is kept as per-minute buckets)");
+        return -1;
+    }
+    return validate_limits(cfg, &q->lim, name, err, cap);
+}
+
+static int validate_quota_override(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    cfg_quota_override_t *o = sect;
+    if (!*name || strlen(name) > 256) {
+        snprintf(err, cap, "the id after the dot must be 1 to 256 bytes");
+        return -1;
+    }
+    if (o->lim.warn_pct == 0) {
+        snprintf(err, cap, "warn_pct: must be 1 to 100 (or -1: as the defaults)");
+        return -1;
+    }
+    return 0;
+}
+
 static int validate_budget(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
 {
     (void)cfg;
@@ -1232,6 +1315,8 @@ static int validate_budget(cfg_t *cfg, void *sect, const char *name, char *err, 
         snprintf(err, cap, "limit_usd is required and must be above 0");
         return -1;
     }
+    if (b->rollover_cap_nusd < 0)
+        b->rollover_cap_nusd = b->limit_nusd;
     const char *colon = strchr(b->scope, ':');
     size_t kl = colon ? (size_t)(colon - b->scope) : strlen(b->scope);
     for (int i = 0; scopes[i]; i++)

@@ -96,13 +96,40 @@ typedef struct {
 } cfg_collectd_t;
 
 typedef struct {
-    char *query;
+    char *query;             /* the query socket; several (commas): one per shard */
+    char *src;               /* bus publisher name; default aggregator@<hostname> */
+    int64_t snapshot_interval; /* ms */
+    int64_t lateness;        /* ms a closed rollup bucket still takes late events */
+    int64_t close_delay;     /* ms after a bucket's end before it is closed */
+    int64_t history;         /* ms of per-minute usage kept for top and usage queries */
+    int64_t budget_interval; /* ms between budget status messages */
+    int64_t quota_sweep;     /* ms between re-evaluations of quota states by time alone */
+    bool rollup_users;       /* rollups by user (off: model, account, project only) */
+    int64_t statsd_interval; /* ms: the StatsD flush interval */
+    int64_t statsd_max_series;
+    int64_t statsd_max_set;  /* distinct members counted per set and interval */
+    int64_t statsd_idle;     /* intervals without samples before a series is forgotten */
 } cfg_aggregator_t;
 
+/* Quota limits: tokens (input plus output) and nano-dollars per calendar day,
+ * calendar month and sliding window; 0 means no limit. In an override
+ * section -1 means "as the defaults". */
 typedef struct {
-    int64_t daily_tokens;
-    int64_t monthly_tokens;
+    int64_t daily_tokens, monthly_tokens, window_tokens;
+    int64_t daily_nusd, monthly_nusd, window_nusd;
+    int64_t warn_pct;
+} cfg_limits_t;
+
+typedef struct {
+    int64_t window; /* ms: the sliding window, kept as per-minute buckets */
+    cfg_limits_t lim; /* [quota]: every user's */
 } cfg_quota_t;
+
+/* [quota.user.ID] and [quota.account.ID] */
+typedef struct {
+    char *name;
+    cfg_limits_t lim;
+} cfg_quota_override_t;
 
 typedef struct {
     char *name; /* the part after "budget." */
@@ -110,6 +137,8 @@ typedef struct {
     int period; /* cfg_period_t */
     int64_t limit_nusd;
     int64_t warn_pct;
+    bool rollover;            /* unspent budget carries into the next period ... */
+    int64_t rollover_cap_nusd; /* ... up to this (default: the limit) */
 } cfg_budget_t;
 
 typedef struct {
@@ -148,6 +177,9 @@ typedef struct cfg {
     cfg_collectd_t collectd;
     cfg_aggregator_t aggregator;
     cfg_quota_t quota;
+    cfg_limits_t account_quota; /* [quota.account]: every account's (no limits by default) */
+    cfg_quota_override_t *user_quotas, *account_quotas;
+    size_t nuser_quotas, naccount_quotas;
     cfg_pgwriter_t pgwriter;
     cfg_exporter_t exporter;
     cfg_alerter_t alerter;

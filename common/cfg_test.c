@@ -119,8 +119,8 @@ static void test_defaults(void **state)
     assert_int_equal(c->collectd.log_reject_every, 100);
     /* the rest */
     assert_string_equal(c->aggregator.query, "tcp://127.0.0.1:7720");
-    assert_int_equal(c->quota.daily_tokens, 100000);
-    assert_int_equal(c->quota.monthly_tokens, 2000000);
+    assert_int_equal(c->quota.lim.daily_tokens, 100000);
+    assert_int_equal(c->quota.lim.monthly_tokens, 2000000);
     assert_string_equal(c->pgwriter.database, "");
     assert_string_equal(c->exporter.http, "127.0.0.1:9464");
     assert_string_equal(c->exporter.api_key_file, "");
@@ -184,7 +184,7 @@ static const char *value_text(const cfg_t *c, const char *section, const char *k
     S("collectd", "udp", c->collectd.udp);
     I("collectd", "rcvbuf", c->collectd.rcvbuf);
     I("collectd", "provider_aliases", c->collectd.provider_aliases.n);
-    I("quota", "daily_tokens", c->quota.daily_tokens);
+    I("quota", "daily_tokens", c->quota.lim.daily_tokens);
     I("alerter", "high_cost_call_usd", c->alerter.high_cost_call_nusd);
     I("budget.daily", "limit_usd", c->nbudgets ? c->budgets[0].limit_nusd : -2);
     I("budget.daily", "warn_pct", c->nbudgets ? c->budgets[0].warn_pct : -2);
@@ -550,7 +550,7 @@ static int64_t get_max_line(const cfg_t *c) { return c->collectd.max_line; }
 static int64_t get_high_cost(const cfg_t *c) { return c->alerter.high_cost_call_nusd; }
 static int64_t get_curve(const cfg_t *c) { return c->bus.curve; }
 static int64_t get_gauge_sign(const cfg_t *c) { return c->collectd.gauge_sign; }
-static int64_t get_daily_tokens(const cfg_t *c) { return c->quota.daily_tokens; }
+static int64_t get_daily_tokens(const cfg_t *c) { return c->quota.lim.daily_tokens; }
 
 static void test_durations(void **state)
 {
@@ -1080,8 +1080,8 @@ static void test_design_example(void **state)
     assert_string_equal(c->collectd.prices, "/usr/share/tokmon/model_prices.json");
     assert_int_equal(c->collectd.auth, CFG_AUTH_OFF);
     assert_string_equal(c->aggregator.query, "tcp://127.0.0.1:7720");
-    assert_int_equal(c->quota.daily_tokens, 100000);
-    assert_int_equal(c->quota.monthly_tokens, 2000000);
+    assert_int_equal(c->quota.lim.daily_tokens, 100000);
+    assert_int_equal(c->quota.lim.monthly_tokens, 2000000);
     assert_int_equal(c->nbudgets, 1);
     assert_string_equal(c->budgets[0].name, "daily");
     assert_string_equal(c->budgets[0].scope, "global");

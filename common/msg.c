@@ -2,6 +2,7 @@
 
 #include "mpw.h"
 
+#include <assert.h>
 #include <math.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -469,6 +470,199 @@ int msg_sample_unpack(const msgpack_object *o, msg_sample_t *s, char *err, size_
     return 0;
 }
 
+/* ---- flush records ------------------------------------------------------ */
+
+const double msg_flush_q[MSG_FLUSH_NQ] = { 0.5, 0.9, 0.95, 0.99 };
+const char *const msg_flush_qname[MSG_FLUSH_NQ] = { "p50", "p90", "p95", "p99" };
+
+void msg_flush_pack(msgpack_packer *pk, const msg_flush_t *f)
+{
+    size_t n = 7; /* name type start end rev tags samples */
+    if (f->type == MSG_ST_C)
+        n += 2;
+    else if (f->type == MSG_ST_G)
+        n += 1;
+    else if (f->type == MSG_ST_S)
+        n += 2;
+    else
+        n += 4 + MSG_FLUSH_NQ;
+    msgpack_pack_map(pk, n);
+    pack_key(pk, "name");
+    msg_pack_span(pk, f->name);
+    pack_key(pk, "type");
+    pack_key(pk, msg_stype_name(f->type));
+    pack_key(pk, "start");
+    msgpack_pack_int64(pk, f->start);
+    pack_key(pk, "end");
+    msgpack_pack_int64(pk, f->end);
+    pack_key(pk, "rev");
+    msgpack_pack_uint32(pk, f->rev);
+    pack_key(pk, "tags");
+    pack_tags(pk, f->tags, f->ntags);
+    pack_key(pk, "samples");
+    msgpack_pack_uint64(pk, f->samples);
+    switch (f->type) {
+    case MSG_ST_C:
+        pack_key(pk, "value");
+        msgpack_pack_double(pk, f->value);
+        pack_key(pk, "rate");
+        msgpack_pack_double(pk, f->rate);
+        break;
+    case MSG_ST_G:
+        pack_key(pk, "value");
+        msgpack_pack_double(pk, f->value);
+        break;
+    case MSG_ST_S:
+        /* a count of members: an integer on the wire */
+        pack_key(pk, "value");
+        msgpack_pack_uint64(pk, f->value >= 0x1p64 ? UINT64_MAX
+                                : f->value > 0 ? (uint64_t)f->value : 0);
+        pack_key(pk, "capped");
+        if (f->capped)
+            msgpack_pack_true(pk);
+        else
+            msgpack_pack_false(pk);
+        break;
+    default:
+        pack_key(pk, "count");
+        msgpack_pack_double(pk, f->count);
+        pack_key(pk, "sum");
+        msgpack_pack_double(pk, f->sum);
+        pack_key(pk, "min");
+        msgpack_pack_double(pk, f->min);
+        pack_key(pk, "max");
+        msgpack_pack_double(pk, f->max);
+        for (int i = 0; i < MSG_FLUSH_NQ; i++) {
+            pack_key(pk, msg_flush_qname[i]);
+            msgpack_pack_double(pk, f->q[i]);
+        }
+        break;
+    }
+}
+
+/* The keys a flush record may carry, in the order of fkeys[]. */
+enum { FK_NAME, FK_TYPE, FK_START, FK_END, FK_REV, FK_TAGS, FK_SAMPLES, FK_VALUE, FK_RATE,
+       FK_CAPPED, FK_COUNT, FK_SUM, FK_MIN, FK_MAX, FK_Q, FK_N = FK_Q + MSG_FLUSH_NQ };
+static const char *const fkeys[FK_N] = { "name", "type", "start", "end", "rev", "tags",
+                                         "samples", "value", "rate", "capped", "count",
+                                         "sum", "min", "max", "p50", "p90", "p95", "p99" };
+
+static int need(const msgpack_object *v, const char *name, char *err, size_t cap)
+{
+    if (v)
+        return 0;
+    snprintf(err, cap, "flush record lacks %s", name);
+    return -1;
+}
+
+int msg_flush_unpack(const msgpack_object *o, msg_flush_t *f, char *err, size_t cap)
+{
+    memset(f, 0, sizeof *f);
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, cap, "flush record is not a map");
+        return -1;
+    }
+    /* collect first: which keys matter depends on the type, wherever it is */
+    const msgpack_object *v[FK_N] = { 0 };
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            snprintf(err, cap, "flush record key is not a string");
+            return -1;
+        }
+        for (int j = 0; j < FK_N; j++) {
+            if (key_is(k, fkeys[j])) {
+                v[j] = &o->via.map.ptr[i].val;
+                break;
+            }
+        }
+    }
+    for (int j = FK_NAME; j <= FK_SAMPLES; j++)
+        if (need(v[j], fkeys[j], err, cap) < 0)
+            return -1;
+    span_t t;
+    if (get_str(v[FK_NAME], &f->name, "name", err, cap) < 0 ||
+        get_str(v[FK_TYPE], &t, "type", err, cap) < 0)
+        return -1;
+    if (!f->name.p || f->name.len == 0) {
+        snprintf(err, cap, "name: empty");
+        return -1;
+    }
+    int type = -1;
+    for (int j = 0; t.p && j < 6; j++)
+        if (span_eq_cstr(t, stype_names[j]))
+            type = j;
+    if (type < 0) {
+        snprintf(err, cap, "type: unknown");
+        return -1;
+    }
+    f->type = (msg_stype_t)type;
+    int64_t rev;
+    if (get_i64(v[FK_START], &f->start, 0, INT64_MAX, "start", err, cap) < 0 ||
+        get_i64(v[FK_END], &f->end, 0, INT64_MAX, "end", err, cap) < 0 ||
+        get_i64(v[FK_REV], &rev, 0, UINT32_MAX, "rev", err, cap) < 0 ||
+        get_tags(v[FK_TAGS], f->tags, &f->ntags, MSG_MAX_TAGS, "tags", err, cap) < 0 ||
+        get_u64(v[FK_SAMPLES], &f->samples, UINT64_MAX, "samples", err, cap) < 0)
+        return -1;
+    f->rev = (uint32_t)rev;
+    if (f->start >= f->end) {
+        snprintf(err, cap, "start: not before end");
+        return -1;
+    }
+    switch (f->type) {
+    case MSG_ST_C:
+        if (need(v[FK_VALUE], "value", err, cap) < 0 || need(v[FK_RATE], "rate", err, cap) < 0 ||
+            get_f64(v[FK_VALUE], &f->value, "value", err, cap) < 0 ||
+            get_f64(v[FK_RATE], &f->rate, "rate", err, cap) < 0)
+            return -1;
+        break;
+    case MSG_ST_G:
+        if (need(v[FK_VALUE], "value", err, cap) < 0 ||
+            get_f64(v[FK_VALUE], &f->value, "value", err, cap) < 0)
+            return -1;
+        break;
+    case MSG_ST_S:
+        if (need(v[FK_VALUE], "value", err, cap) < 0 || need(v[FK_CAPPED], "capped", err, cap) < 0 ||
+            get_f64(v[FK_VALUE], &f->value, "value", err, cap) < 0)
+            return -1;
+        if (f->value < 0 || f->value != floor(f->value)) {
+            snprintf(err, cap, "value: not a count");
+            return -1;
+        }
+        if (v[FK_CAPPED]->type != MSGPACK_OBJECT_BOOLEAN) {
+            snprintf(err, cap, "capped: not a boolean");
+            return -1;
+        }
+        f->capped = v[FK_CAPPED]->via.boolean;
+        break;
+    default: {
+        double *dst[4 + MSG_FLUSH_NQ] = { &f->count, &f->sum, &f->min, &f->max };
+        for (int j = 0; j < MSG_FLUSH_NQ; j++)
+            dst[4 + j] = &f->q[j];
+        for (int j = 0; j < 4 + MSG_FLUSH_NQ; j++)
+            if (need(v[FK_COUNT + j], fkeys[FK_COUNT + j], err, cap) < 0 ||
+                get_f64(v[FK_COUNT + j], dst[j], fkeys[FK_COUNT + j], err, cap) < 0)
+                return -1;
+        if (!(f->count > 0)) {
+            snprintf(err, cap, "count: not positive");
+            return -1;
+        }
+        double prev = f->min;
+        for (int j = 0; j <= MSG_FLUSH_NQ; j++) {
+            double x = j < MSG_FLUSH_NQ ? f->q[j] : f->max;
+            if (x < prev) {
+                snprintf(err, cap, "%s: out of order (min <= p50 <= ... <= p99 <= max)",
+                         j < MSG_FLUSH_NQ ? msg_flush_qname[j] : "max");
+                return -1;
+            }
+            prev = x;
+        }
+        break;
+    }
+    }
+    return 0;
+}
+
 /* ---- stats -------------------------------------------------------------- */
 
 void msg_stats_pack(msgpack_packer *pk, const msg_stats_t *s)
@@ -554,5 +748,310 @@ int msg_stats_unpack(const msgpack_object *o, msg_stats_t *s, msg_stat_t *entrie
         st->gauge = span_eq_cstr(t, "g");
     }
     s->n = counters->via.array.size;
+    return 0;
+}
+
+/* ---- the aggregator's outputs ------------------------------------------- */
+
+/* These records are flat maps of strings and integers, so one table per
+ * kind drives both packing and the strict unpacking. */
+typedef enum { F_STR, F_BIN, F_I64, F_U64, F_U32, F_BOOL } ftype_t;
+
+typedef struct {
+    const char *name;
+    ftype_t type;
+    size_t off;
+    int64_t lo, hi; /* F_I64; F_U64 and F_U32 use hi only */
+    bool required;
+} field_t;
+
+#define FLD(st, n, t, f, lo, hi, req) { n, t, offsetof(st, f), lo, hi, req }
+
+/* Strings and binaries are absent when NULL; optional numbers and flags
+ * are left out when zero (a reader takes absent as zero). */
+static bool field_present(const void *rec, const field_t *f)
+{
+    const char *v = (const char *)rec + f->off;
+    switch (f->type) {
+    case F_STR:
+    case F_BIN:
+        return ((const span_t *)v)->p != NULL;
+    case F_I64:
+        return f->required || *(const int64_t *)v != 0;
+    case F_U64:
+        return f->required || *(const uint64_t *)v != 0;
+    case F_U32:
+        return f->required || *(const uint32_t *)v != 0;
+    case F_BOOL:
+        return f->required || *(const bool *)v;
+    }
+    return true;
+}
+
+static void pack_fields(msgpack_packer *pk, const void *rec, const field_t *fs)
+{
+    const char *base = rec;
+    uint32_t n = 0;
+    for (const field_t *f = fs; f->name; f++)
+        n += field_present(rec, f);
+    msgpack_pack_map(pk, n);
+    for (const field_t *f = fs; f->name; f++) {
+        if (!field_present(rec, f))
+            continue;
+        const void *v = base + f->off;
+        pack_key(pk, f->name);
+        switch (f->type) {
+        case F_STR:
+            msg_pack_span(pk, *(const span_t *)v);
+            break;
+        case F_BIN: {
+            const span_t *s = v;
+            msgpack_pack_bin(pk, s->len);
+            msgpack_pack_bin_body(pk, s->p, s->len);
+            break;
+        }
+        case F_I64:
+            msgpack_pack_int64(pk, *(const int64_t *)v);
+            break;
+        case F_U64:
+            msgpack_pack_uint64(pk, *(const uint64_t *)v);
+            break;
+        case F_U32:
+            msgpack_pack_uint32(pk, *(const uint32_t *)v);
+            break;
+        case F_BOOL:
+            if (*(const bool *)v)
+                msgpack_pack_true(pk);
+            else
+                msgpack_pack_false(pk);
+            break;
+        }
+    }
+}
+
+#define MAX_FIELDS 40
+
+static int unpack_fields(const msgpack_object *o, void *rec, size_t size, const field_t *fs,
+                         const char *what, char *err, size_t cap)
+{
+    char *base = rec;
+    bool seen[MAX_FIELDS] = { false };
+    memset(rec, 0, size);
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, cap, "%s record is not a map", what);
+        return -1;
+    }
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            snprintf(err, cap, "%s record key is not a string", what);
+            return -1;
+        }
+        const field_t *f = fs;
+        while (f->name && !key_is(k, f->name))
+            f++;
+        if (!f->name)
+            continue; /* a field added later */
+        void *dst = base + f->off;
+        uint64_t u;
+        int rc = 0;
+        switch (f->type) {
+        case F_STR:
+            rc = get_str(v, dst, f->name, err, cap);
+            break;
+        case F_BIN:
+            if (v->type != MSGPACK_OBJECT_BIN || v->via.bin.size > MSG_MAX_SKETCH) {
+                snprintf(err, cap, "%s: not a binary of at most %d bytes", f->name, MSG_MAX_SKETCH);
+                return -1;
+            }
+            *(span_t *)dst = span_make(v->via.bin.size ? v->via.bin.ptr : "", v->via.bin.size);
+            break;
+        case F_I64:
+            rc = get_i64(v, dst, f->lo, f->hi, f->name, err, cap);
+            break;
+        case F_U64:
+            rc = get_u64(v, dst, (uint64_t)f->hi, f->name, err, cap);
+            break;
+        case F_U32:
+            rc = get_u64(v, &u, (uint64_t)f->hi, f->name, err, cap);
+            *(uint32_t *)dst = (uint32_t)u;
+            break;
+        case F_BOOL:
+            if (v->type != MSGPACK_OBJECT_BOOLEAN) {
+                snprintf(err, cap, "%s: not a boolean", f->name);
+                return -1;
+            }
+            *(bool *)dst = v->via.boolean;
+            break;
+        }
+        if (rc < 0)
+            return -1;
+        assert(f - fs < MAX_FIELDS);
+        seen[f - fs] = true;
+    }
+    for (const field_t *f = fs; f->name; f++) {
+        if (f->required && (!seen[f - fs] || !field_present(rec, f))) {
+            snprintf(err, cap, "%s record lacks %s", what, f->name);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+static bool span_in(span_t s, const char *const *set)
+{
+    for (; *set; set++)
+        if (span_eq_cstr(s, *set))
+            return true;
+    return false;
+}
+
+static const char *const grains[] = { "m", "h", "d", NULL };
+static const char *const dims[] = { "model", "user", "account", "project", NULL };
+static const char *const qstates[] = { "ok", "warning", "exceeded", NULL };
+static const char *const scopes[] = { "global", "provider", "model", "project",
+                                      "account", "operation", "user", NULL };
+static const char *const periods[] = { "day", "week", "month", NULL };
+
+#define R(n, t, f, lo, hi, req) FLD(msg_rollup_t, n, t, f, lo, hi, req)
+static const field_t rollup_fields[] = {
+    R("grain", F_STR, grain, 0, 0, true),
+    R("dim", F_STR, dim, 0, 0, true),
+    R("start", F_I64, start, 0, INT64_MAX, true),
+    R("end", F_I64, end, 0, INT64_MAX, true),
+    R("provider", F_STR, provider, 0, 0, false),
+    R("model", F_STR, model, 0, 0, false),
+    R("operation", F_STR, operation, 0, 0, false),
+    R("status", F_STR, status, 0, 0, false),
+    R("key", F_STR, key, 0, 0, false),
+    R("requests", F_U64, requests, 0, INT64_MAX, true),
+    R("errors", F_U64, errors, 0, INT64_MAX, true),
+    R("input_tokens", F_U64, input_tokens, 0, INT64_MAX, false),
+    R("cache_read_tokens", F_U64, cache_read_tokens, 0, INT64_MAX, false),
+    R("cache_write_tokens", F_U64, cache_write_tokens, 0, INT64_MAX, false),
+    R("cache_write_1h_tokens", F_U64, cache_write_1h_tokens, 0, INT64_MAX, false),
+    R("output_tokens", F_U64, output_tokens, 0, INT64_MAX, false),
+    R("reasoning_tokens", F_U64, reasoning_tokens, 0, INT64_MAX, false),
+    R("cost_nusd", F_I64, cost_nusd, 0, INT64_MAX, true),
+    R("latency", F_BIN, latency, 0, 0, false),
+    R("ttft", F_BIN, ttft, 0, 0, false),
+    R("rev", F_U32, rev, 0, UINT32_MAX, false),
+    R("shard", F_U32, shard, 0, 255, false),
+    R("shards", F_U32, shards, 1, 256, true),
+    { NULL, 0, 0, 0, 0, false },
+};
+#undef R
+
+void msg_rollup_pack(msgpack_packer *pk, const msg_rollup_t *r)
+{
+    pack_fields(pk, r, rollup_fields);
+}
+
+int msg_rollup_unpack(const msgpack_object *o, msg_rollup_t *r, char *err, size_t cap)
+{
+    if (unpack_fields(o, r, sizeof *r, rollup_fields, "rollup", err, cap) < 0)
+        return -1;
+    if (!span_in(r->grain, grains) || !span_in(r->dim, dims)) {
+        snprintf(err, cap, "rollup: unknown grain or dim");
+        return -1;
+    }
+    bool model = span_eq_cstr(r->dim, "model");
+    if (model ? !(r->provider.p && r->model.p && r->operation.p && r->status.p) : !r->key.p) {
+        snprintf(err, cap, "rollup: dimension values missing for dim %.*s", (int)r->dim.len,
+                 r->dim.p);
+        return -1;
+    }
+    if (r->start >= r->end || r->errors > r->requests || r->shards < 1 || r->shard >= r->shards ||
+        r->cache_read_tokens + r->cache_write_tokens + r->cache_write_1h_tokens > r->input_tokens ||
+        r->reasoning_tokens > r->output_tokens) {
+        snprintf(err, cap, "rollup: inconsistent counts or bounds");
+        return -1;
+    }
+    return 0;
+}
+
+#define Q(n, t, f, lo, hi, req) FLD(msg_quota_t, n, t, f, lo, hi, req)
+static const field_t quota_fields[] = {
+    Q("subject", F_STR, subject, 0, 0, true),
+    Q("id", F_STR, id, 0, 0, true),
+    Q("window", F_STR, window, 0, 0, true),
+    Q("unit", F_STR, unit, 0, 0, true),
+    Q("state", F_STR, state, 0, 0, true),
+    Q("prev", F_STR, prev, 0, 0, true),
+    Q("used", F_I64, used, 0, INT64_MAX, true),
+    Q("limit", F_I64, limit, 0, INT64_MAX, true),
+    Q("start", F_I64, start, 0, INT64_MAX, true),
+    Q("reset", F_I64, reset, 0, INT64_MAX, false),
+    Q("ts", F_I64, ts, 0, INT64_MAX, true),
+    Q("shard", F_U32, shard, 0, 255, false),
+    Q("shards", F_U32, shards, 1, 256, true),
+    { NULL, 0, 0, 0, 0, false },
+};
+#undef Q
+
+void msg_quota_pack(msgpack_packer *pk, const msg_quota_t *q)
+{
+    pack_fields(pk, q, quota_fields);
+}
+
+int msg_quota_unpack(const msgpack_object *o, msg_quota_t *q, char *err, size_t cap)
+{
+    static const char *const subjects[] = { "user", "account", NULL };
+    static const char *const units[] = { "tokens", "usd", NULL };
+    if (unpack_fields(o, q, sizeof *q, quota_fields, "quota", err, cap) < 0)
+        return -1;
+    if (!span_in(q->subject, subjects) || !span_in(q->unit, units) ||
+        !span_in(q->state, qstates) || !span_in(q->prev, qstates) || q->window.len == 0 ||
+        q->shard >= q->shards) {
+        snprintf(err, cap, "quota: unknown subject, unit, state or window");
+        return -1;
+    }
+    return 0;
+}
+
+#define B(n, t, f, lo, hi, req) FLD(msg_budget_t, n, t, f, lo, hi, req)
+static const field_t budget_fields[] = {
+    B("name", F_STR, name, 0, 0, true),
+    B("scope", F_STR, scope, 0, 0, true),
+    B("scope_value", F_STR, scope_value, 0, 0, false),
+    B("period", F_STR, period, 0, 0, true),
+    B("period_start", F_I64, period_start, 0, INT64_MAX, true),
+    B("period_end", F_I64, period_end, 0, INT64_MAX, true),
+    B("limit_nusd", F_I64, limit_nusd, 0, INT64_MAX, true),
+    B("rollover_nusd", F_I64, rollover_nusd, 0, INT64_MAX, false),
+    B("spent_nusd", F_I64, spent_nusd, 0, INT64_MAX, true),
+    B("remaining_nusd", F_I64, remaining_nusd, INT64_MIN, INT64_MAX, true),
+    B("forecast_avg_nusd", F_I64, forecast_avg_nusd, 0, INT64_MAX, false),
+    B("forecast_rate_nusd", F_I64, forecast_rate_nusd, 0, INT64_MAX, false),
+    B("exhaust_ts", F_I64, exhaust_ts, 0, INT64_MAX, false),
+    B("warn_pct", F_I64, warn_pct, 1, 100, true),
+    B("state", F_STR, state, 0, 0, true),
+    B("crossing", F_STR, crossing, 0, 0, false),
+    B("crossed_ts", F_I64, crossed_ts, 0, INT64_MAX, false),
+    B("ts", F_I64, ts, 0, INT64_MAX, true),
+    B("partial", F_BOOL, partial, 0, 0, false),
+    B("shard", F_U32, shard, 0, 255, false),
+    B("shards", F_U32, shards, 1, 256, true),
+    { NULL, 0, 0, 0, 0, false },
+};
+#undef B
+
+void msg_budget_pack(msgpack_packer *pk, const msg_budget_t *b)
+{
+    pack_fields(pk, b, budget_fields);
+}
+
+int msg_budget_unpack(const msgpack_object *o, msg_budget_t *b, char *err, size_t cap)
+{
+    if (unpack_fields(o, b, sizeof *b, budget_fields, "budget", err, cap) < 0)
+        return -1;
+    if (!span_in(b->scope, scopes) || !span_in(b->period, periods) ||
+        !span_in(b->state, qstates) || (b->crossing.p && !span_eq_cstr(b->crossing, "warning") &&
+                                         !span_eq_cstr(b->crossing, "exceeded")) ||
+        b->period_start >= b->period_end || b->shard >= b->shards ||
+        (span_eq_cstr(b->scope, "global") != !b->scope_value.p)) {
+        snprintf(err, cap, "budget: unknown scope, period, state or crossing, or bad bounds");
+        return -1;
+    }
     return 0;
 }

@@ -832,6 +832,206 @@ static void test_pack_span(void **state)
     msgpack_sbuffer_destroy(&sb);
 }
 
+/* ---- flush records ------------------------------------------------------- */
+
+static void round_trip_flush(const msg_flush_t *in)
+{
+    msgpack_sbuffer sb;
+    msgpack_sbuffer_init(&sb);
+    msgpack_packer pk;
+    msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+    msg_flush_pack(&pk, in);
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    msg_flush_t out;
+    char err[256];
+    if (msg_flush_unpack(unpack(&up, sb.data, sb.size), &out, err, sizeof err) != 0)
+        fail_msg("%s: unpack: %s", msg_stype_name(in->type), err);
+    assert_span(out.name, in->name, "name");
+    assert_int_equal(out.type, in->type);
+    assert_int_equal(out.start, in->start);
+    assert_int_equal(out.end, in->end);
+    assert_int_equal(out.rev, in->rev);
+    assert_int_equal(out.samples, in->samples);
+    assert_int_equal(out.ntags, in->ntags);
+    for (size_t i = 0; i < in->ntags; i++) {
+        assert_span(out.tags[i].key, in->tags[i].key, "tag key");
+        assert_span(out.tags[i].value, in->tags[i].value, "tag value");
+    }
+    /* only the fields of the type travel; the others read back as 0 */
+    bool dist = in->type == MSG_ST_MS || in->type == MSG_ST_H || in->type == MSG_ST_D;
+    assert_true(out.value == (dist ? 0 : in->value));
+    assert_true(out.rate == (in->type == MSG_ST_C ? in->rate : 0));
+    assert_int_equal(out.capped, in->type == MSG_ST_S && in->capped);
+    assert_true(out.count == (dist ? in->count : 0));
+    assert_true(out.sum == (dist ? in->sum : 0));
+    assert_true(out.min == (dist ? in->min : 0));
+    assert_true(out.max == (dist ? in->max : 0));
+    for (int i = 0; i < MSG_FLUSH_NQ; i++)
+        assert_true(out.q[i] == (dist ? in->q[i] : 0));
+    msgpack_unpacked_destroy(&up);
+    msgpack_sbuffer_destroy(&sb);
+}
+
+static void test_flush_round_trip(void **state)
+{
+    (void)state;
+    assert_string_equal(MSG_KIND_FLUSH, "flush");
+    assert_true(msg_flush_q[0] == 0.5 && msg_flush_q[3] == 0.99);
+    assert_string_equal(msg_flush_qname[2], "p95");
+    for (int t = MSG_ST_C; t <= MSG_ST_S; t++) {
+        for (int variant = 0; variant < 3; variant++) {
+            msg_flush_t f = { 0 };
+            f.name = SPAN_LIT("api.latency");
+            f.type = (msg_stype_t)t;
+            f.start = 1763823240000000000LL;
+            f.end = f.start + 10000000000LL;
+            f.rev = variant == 2 ? UINT32_MAX : (uint32_t)variant;
+            f.samples = variant == 2 ? UINT64_MAX : 17;
+            f.ntags = variant == 2 ? MSG_MAX_TAGS : (size_t)variant;
+            static char keys[MSG_MAX_TAGS][8];
+            for (size_t i = 0; i < MSG_MAX_TAGS; i++) {
+                snprintf(keys[i], sizeof keys[i], "t%02zu", i);
+                f.tags[i] = (msg_tag_t){ span_cstr(keys[i]), i == 1 ? SPAN_LIT("") : span_cstr(keys[i]) };
+            }
+            f.value = t == MSG_ST_S ? (variant == 2 ? 0 : 12345) : variant == 1 ? -2.5 : 1e300;
+            f.rate = t == MSG_ST_C ? 0.25 : 0;
+            f.capped = variant == 1;
+            if (t == MSG_ST_MS || t == MSG_ST_H || t == MSG_ST_D) {
+                f.value = f.rate = 0;
+                f.count = variant == 2 ? 5e-324 : 40.0;
+                f.sum = -1.5;
+                f.min = variant == 1 ? -7 : 0.5;
+                f.q[0] = 1;
+                f.q[1] = 2;
+                f.q[2] = 2;
+                f.q[3] = 9.75;
+                f.max = variant == 0 ? 9.75 : 100;
+            }
+            round_trip_flush(&f);
+        }
+    }
+}
+
+static const kv_t flush_c_base[] = {
+    S("name", "api.requests"), S("type", "c"), U("start", 10), U("end", 20), U("rev", 0),
+    K("tags", V_TAGS, 2), U("samples", 3), F("value", 30.0), F("rate", 3.0), END,
+};
+static const kv_t flush_ms_base[] = {
+    S("name", "api.latency"), S("type", "ms"), U("start", 10), U("end", 20), U("rev", 1),
+    K("tags", V_TAGS, 0), U("samples", 3), F("count", 3), F("sum", 6), F("min", 1),
+    F("max", 3), F("p50", 2), F("p90", 3), F("p95", 3), F("p99", 3), END,
+};
+static const kv_t flush_s_base[] = {
+    S("name", "users"), S("type", "s"), U("start", 0), U("end", 1), U("rev", 0),
+    K("tags", V_NIL, 0), U("samples", 9), U("value", 4), K("capped", V_FALSE, 0), END,
+};
+
+typedef struct {
+    const kv_t *base;
+    body_case_t c;
+} flush_case_t;
+
+static const flush_case_t flush_cases[] = {
+    { flush_c_base, { "a counter", { END }, NULL } },
+    { flush_ms_base, { "a timer", { END }, NULL } },
+    { flush_s_base, { "a set", { END }, NULL } },
+    { flush_c_base, { "a gauge (rate ignored)", { S("type", "g"), END }, NULL } },
+    { flush_c_base, { "a gauge without rate", { S("type", "g"), K("rate", V_DEL, 0), END }, NULL } },
+    { flush_ms_base, { "a histogram", { S("type", "h"), END }, NULL } },
+    { flush_ms_base, { "a distribution", { S("type", "d"), END }, NULL } },
+    { flush_c_base, { "integer value", { I("value", -4), END }, NULL } },
+    { flush_c_base, { "unknown keys", { S("unit", "ms"), K("more", V_ARR, 2), END }, NULL } },
+    { flush_c_base, { "keys of other types ignored", { S("p50", "x"), S("capped", "x"), END }, NULL } },
+    { flush_s_base, { "set value as a float", { F("value", 4.0), END }, NULL } },
+    { flush_ms_base, { "quantiles all equal to max", { F("p50", 3), F("p90", 3), F("p95", 3), END }, NULL } },
+    { flush_ms_base, { "min equal to max", { F("min", 3), F("p50", 3), F("p90", 3), END }, NULL } },
+    /* not a record */
+    { flush_c_base, { "a key not a string", { K(NULL, V_INTKEY, 0), END }, "key is not a string" } },
+    /* required keys */
+    { flush_c_base, { "no name", { K("name", V_DEL, 0), END }, "lacks name" } },
+    { flush_c_base, { "empty name", { S("name", ""), END }, "name: empty" } },
+    { flush_c_base, { "name nil", { K("name", V_NIL, 0), END }, "name: empty" } },
+    { flush_c_base, { "name too long", { K("name", V_STRN, MSG_MAX_STR + 1), END }, "name: not a string" } },
+    { flush_c_base, { "no type", { K("type", V_DEL, 0), END }, "lacks type" } },
+    { flush_c_base, { "no start", { K("start", V_DEL, 0), END }, "lacks start" } },
+    { flush_c_base, { "no end", { K("end", V_DEL, 0), END }, "lacks end" } },
+    { flush_c_base, { "no rev", { K("rev", V_DEL, 0), END }, "lacks rev" } },
+    { flush_c_base, { "no tags", { K("tags", V_DEL, 0), END }, "lacks tags" } },
+    { flush_c_base, { "no samples", { K("samples", V_DEL, 0), END }, "lacks samples" } },
+    { flush_c_base, { "counter without value", { K("value", V_DEL, 0), END }, "lacks value" } },
+    { flush_c_base, { "counter without rate", { K("rate", V_DEL, 0), END }, "lacks rate" } },
+    { flush_s_base, { "set without capped", { K("capped", V_DEL, 0), END }, "lacks capped" } },
+    { flush_ms_base, { "timer without p95", { K("p95", V_DEL, 0), END }, "lacks p95" } },
+    { flush_ms_base, { "timer without count", { K("count", V_DEL, 0), END }, "lacks count" } },
+    { flush_ms_base, { "timer without max", { K("max", V_DEL, 0), END }, "lacks max" } },
+    /* types */
+    { flush_c_base, { "type unknown", { S("type", "x"), END }, "type: unknown" } },
+    { flush_c_base, { "type an integer", { U("type", 0), END }, "type: not a string" } },
+    { flush_c_base, { "start negative", { I("start", -1), END }, "start: not an integer" } },
+    { flush_c_base, { "start a float", { F("start", 10.0), END }, "start: not an integer" } },
+    { flush_c_base, { "end a string", { S("end", "20"), END }, "end: not an integer" } },
+    { flush_c_base, { "rev negative", { I("rev", -1), END }, "rev: not an integer" } },
+    { flush_c_base, { "rev over 32 bits", { U("rev", 1ULL << 32), END }, "rev: not an integer" } },
+    { flush_c_base, { "samples negative", { I("samples", -1), END }, "samples: not an integer" } },
+    { flush_c_base, { "samples a float", { F("samples", 3.0), END }, "samples: not an integer" } },
+    { flush_c_base, { "tags an array", { K("tags", V_ARR, 1), END }, "tags: not a map" } },
+    { flush_c_base, { "33 tags", { K("tags", V_TAGS, 33), END }, "tags: not a map of at most 32" } },
+    { flush_c_base, { "a tag value nil", { K("tags", V_NILTAG, 0), END }, "tags: entries must be strings" } },
+    { flush_c_base, { "value NaN", { F("value", NAN), END }, "value: not a finite number" } },
+    { flush_c_base, { "value infinite", { F("value", -INFINITY), END }, "value: not a finite number" } },
+    { flush_c_base, { "value a string", { S("value", "1"), END }, "value: not a finite number" } },
+    { flush_c_base, { "rate NaN", { F("rate", NAN), END }, "rate: not a finite number" } },
+    { flush_s_base, { "set value negative", { I("value", -1), END }, "value: not a count" } },
+    { flush_s_base, { "set value fractional", { F("value", 1.5), END }, "value: not a count" } },
+    { flush_s_base, { "capped an integer", { U("capped", 1), END }, "capped: not a boolean" } },
+    { flush_ms_base, { "timer sum infinite", { F("sum", INFINITY), END }, "sum: not a finite number" } },
+    { flush_ms_base, { "timer p99 nil", { K("p99", V_NIL, 0), END }, "p99: not a finite number" } },
+    /* invariants */
+    { flush_c_base, { "start equal to end", { U("start", 20), END }, "start: not before end" } },
+    { flush_c_base, { "start after end", { U("start", 21), END }, "start: not before end" } },
+    { flush_ms_base, { "count zero", { F("count", 0), END }, "count: not positive" } },
+    { flush_ms_base, { "count negative", { F("count", -1), END }, "count: not positive" } },
+    { flush_ms_base, { "p50 below min", { F("p50", 0.5), END }, "p50: out of order" } },
+    { flush_ms_base, { "p90 below p50", { F("p90", 1.5), END }, "p90: out of order" } },
+    { flush_ms_base, { "max below p99", { F("max", 2.5), END }, "max: out of order" } },
+    { flush_ms_base, { "min above max", { F("min", 4), END }, "out of order" } },
+};
+
+static void test_flush_unpack_table(void **state)
+{
+    (void)state;
+    /* not a map at all */
+    msgpack_object arr = { .type = MSGPACK_OBJECT_ARRAY };
+    msg_flush_t f;
+    char err[256];
+    assert_int_equal(msg_flush_unpack(&arr, &f, err, sizeof err), -1);
+    assert_non_null(strstr(err, "not a map"));
+
+    for (size_t i = 0; i < ARRAY_LEN(flush_cases); i++) {
+        const body_case_t *c = &flush_cases[i].c;
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        build(&sb, flush_cases[i].base, c->over);
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        memset(err, 'Z', sizeof err);
+        int rc = msg_flush_unpack(unpack(&up, sb.data, sb.size), &f, err, sizeof err);
+        if (c->want_err) {
+            if (rc != -1)
+                fail_msg("%s: accepted", c->name);
+            if (!memchr(err, '\0', sizeof err))
+                fail_msg("%s: refused without a reason", c->name);
+            if (!strstr(err, c->want_err))
+                fail_msg("%s: \"%s\", want \"%s\"", c->name, err, c->want_err);
+        } else if (rc != 0) {
+            fail_msg("%s: refused: %s", c->name, err);
+        }
+        msgpack_unpacked_destroy(&up);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -843,6 +1043,8 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_stats_round_trip),
         cmocka_unit_test(test_stats_unpack_table),
         cmocka_unit_test(test_pack_span),
+        cmocka_unit_test(test_flush_round_trip),
+        cmocka_unit_test(test_flush_unpack_table),
     };
     if (argc > 1 && argv[1][0])
         cmocka_set_test_filter(argv[1]);

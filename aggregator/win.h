@@ -1,0 +1,52 @@
+/* win: a sliding record of usage in per-minute buckets, kept sparse (only
+ * minutes with usage take room), for quota windows ("the last 5 hours"),
+ * budget burn rates ("the last hour") and the usage and top queries. A
+ * million idle users cost 16 bytes each; an active minute 24 more. */
+#ifndef TOKMON_WIN_H
+#define TOKMON_WIN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define WIN_MINUTE_NS 60000000000LL
+
+typedef struct {
+    uint32_t minute;   /* unix minutes */
+    uint32_t requests;
+    uint64_t tokens;
+    int64_t nusd;
+} win_bucket_t;
+
+typedef struct {
+    win_bucket_t *b; /* ascending by minute */
+    uint32_t n, cap;
+} win_t;
+
+typedef struct {
+    uint64_t requests, tokens;
+    int64_t nusd;
+} win_sum_t;
+
+/* Adds usage at instant t (unix ns) to its minute. Minutes arrive mostly in
+ * order; an older one is inserted in place. */
+void win_add(win_t *w, int64_t t, uint32_t requests, uint64_t tokens, int64_t nusd);
+
+/* Drops the minutes that end at or before t. */
+void win_trim(win_t *w, int64_t t);
+
+/* Sums the minutes that start in [from, to). */
+void win_sum(const win_t *w, int64_t from, int64_t to, win_sum_t *out);
+
+/* The minutes of the window of length len (whole minutes) that holds t: the
+ * minute of t and the len/60s - 1 before it. Returns its first instant. */
+int64_t win_start(int64_t t, int64_t len);
+
+/* When the oldest minute still counted at t leaves a window of length len:
+ * the next instant the window's sum can fall without new usage. 0 when
+ * empty. */
+int64_t win_next_expiry(const win_t *w, int64_t t, int64_t len);
+
+void win_free(win_t *w);
+size_t win_memory(const win_t *w);
+
+#endif

@@ -67,7 +67,7 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
               common/tmtime_test common/log_test \
               common/spool_test common/replay_test common/rsub_test common/sketch_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test \
-              aggregator/cal_test aggregator/sflush_test
+              aggregator/cal_test aggregator/sflush_test aggregator/agg_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch
 
 # ---- rules -----------------------------------------------------------------

@@ -259,7 +259,8 @@ static void apply_usage(agg_t *a, const msg_usage_t *u)
         quota_add(a->quota, QS_ACCOUNT, u->account, recv, tokens, u->cost_nusd);
     budget_add(a->budget, u, recv);
     uint64_t late = rollup_counters(a->rollup)->late_dropped;
-    rollup_add(a->rollup, u, t, a->watermark);
+    /* an event is late by its own receive time too, whatever the watermark */
+    rollup_add(a->rollup, u, t, recv > a->watermark ? recv : a->watermark);
     *a->c_late += (int64_t)(rollup_counters(a->rollup)->late_dropped - late);
     /* model keys as the price table writes them */
     char key[2 * MSG_MAX_STR + 2];

@@ -110,13 +110,13 @@ static void bucket_bounds(const rollup_t *r, rgrain_t g, int64_t t, int64_t *sta
  * NULL when events for it come too late. */
 static bucket_t *bucket_at(rollup_t *r, rgrain_t g, int64_t start, int64_t end, int64_t watermark)
 {
+    if (end + r->o.lateness_ns <= watermark)
+        return NULL;
     bucket_t **pp = &r->buckets[g];
     while (*pp && (*pp)->start < start)
         pp = &(*pp)->next;
     if (*pp && (*pp)->start == start)
         return *pp;
-    if (end + r->o.lateness_ns <= watermark)
-        return NULL;
     bucket_t *b = xcalloc(1, sizeof *b);
     b->start = start;
     b->end = end;
@@ -346,7 +346,7 @@ void rollup_save(const rollup_t *r, snapw_t *w)
             const rcell_t *c;
             while ((c = ktab_next(b->cells, &it))) {
                 span_t key = ktab_key(c);
-                msgpack_pack_array(pk, 16);
+                msgpack_pack_array(pk, 15);
                 snap_pack_str(pk, "r", 1);
                 msgpack_pack_int(pk, g);
                 msgpack_pack_int64(pk, b->start);

@@ -2,6 +2,7 @@
 
 #include <assert.h>
 #include <errno.h>
+#include <float.h>
 #include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
@@ -17,8 +18,8 @@
 
 /* How the state is laid out.
  *
- * A series (name, type, sorted tags) is one allocation: the struct, its tag
- * spans and its canonical key bytes, which the spans point into. Series sit
+ * A series (name, type, sorted tags) is one allocation: the struct and its
+ * canonical key bytes, which emission reads the name and tags from. Series sit
  * in an open-addressing hash table (linear probing, backward-shift delete)
  * keyed by the hash of the key bytes, and in a list in creation order, which
  * is the order records are emitted in: independent of hashing, and restored
@@ -42,6 +43,7 @@ typedef struct {
     uint32_t off, len;
 } member_t;
 
+/* Allocated to the size its type needs (cell_size): a counter's is 40 bytes. */
 typedef struct cell {
     struct cell *next; /* older interval */
     int64_t idx;
@@ -65,18 +67,16 @@ typedef struct cell {
     } u;
 } cell_t;
 
+/* 64 bytes, then the key, which holds the name and tags (key_spans). */
 typedef struct series {
-    struct series *prev, *next; /* creation order */
-    cell_t *cells;              /* newest first */
     uint64_t hash;
+    uint32_t keylen;
+    msg_stype_t type;
+    cell_t *cells; /* newest first */
     int64_t born, last; /* lowest and highest interval of its samples */
     double gauge;
-    msg_stype_t type;
-    uint32_t keylen;
-    size_t ntags;
-    span_t name;
-    char *key;
-    msg_tag_t tags[]; /* then the key bytes */
+    struct series *prev, *next; /* creation order */
+    char key[];
 } series_t;
 
 typedef struct {
@@ -137,6 +137,13 @@ static int64_t sat_add(int64_t a, int64_t b)
     if (__builtin_add_overflow(a, b, &r))
         return b > 0 ? INT64_MAX : INT64_MIN;
     return r;
+}
+
+/* Sums saturate at +-DBL_MAX: a record and a snapshot never carry an
+ * infinity (readers refuse them), whatever values and rates arrive. */
+static double fsat(double x)
+{
+    return x > DBL_MAX ? DBL_MAX : x < -DBL_MAX ? -DBL_MAX : x;
 }
 
 static bool is_dist(msg_stype_t t)
@@ -206,9 +213,21 @@ static void cell_free(const series_t *s, cell_t *c)
     free(c);
 }
 
+static size_t cell_size(msg_stype_t t)
+{
+    size_t head = offsetof(cell_t, u);
+    if (t == MSG_ST_C)
+        return head + sizeof(((cell_t *)0)->u.sum);
+    if (t == MSG_ST_G)
+        return head;
+    if (t == MSG_ST_S)
+        return head + sizeof(((cell_t *)0)->u.s);
+    return head + sizeof(((cell_t *)0)->u.d);
+}
+
 static size_t cell_memory(const series_t *s, const cell_t *c)
 {
-    size_t n = sizeof *c;
+    size_t n = cell_size(s->type);
     if (is_dist(s->type)) {
         n += c->u.d.pos ? sketch_memory(c->u.d.pos) : 0;
         n += c->u.d.neg ? sketch_memory(c->u.d.neg) : 0;
@@ -227,7 +246,7 @@ static cell_t *cell_get(sflush_t *f, series_t *s, int64_t k)
         pp = &(*pp)->next;
     if (*pp && (*pp)->idx == k)
         return *pp;
-    cell_t *c = xcalloc(1, sizeof *c);
+    cell_t *c = xcalloc(1, cell_size(s->type));
     c->idx = k;
     if (is_dist(s->type)) {
         c->u.d.min = INFINITY;
@@ -310,8 +329,8 @@ static int set_add(cell_t *c, const char *p, size_t len, size_t max_members)
 
 static void dist_add(cell_t *c, double v, double rate)
 {
-    c->u.d.count += 1.0 / rate;
-    c->u.d.sum += v / rate;
+    c->u.d.count = fsat(c->u.d.count + fsat(1.0 / rate));
+    c->u.d.sum = fsat(c->u.d.sum + fsat(v / rate));
     if (v < c->u.d.min)
         c->u.d.min = v;
     if (v > c->u.d.max)
@@ -427,33 +446,18 @@ static void tab_remove(sflush_t *f, const series_t *s)
     }
 }
 
-/* A new series from the key in f->kbuf (tags given in ord order). */
-static series_t *series_add(sflush_t *f, uint64_t h, span_t name, msg_stype_t type,
-                            const msg_tag_t *tags, const uint8_t *ord, size_t ntags)
+/* A new series from the key in f->kbuf. */
+static series_t *series_add(sflush_t *f, uint64_t h, msg_stype_t type)
 {
     if ((f->nseries + 1) * 4 > f->tcap * 3)
         tab_grow(f);
     size_t keylen = f->kbuf.len;
-    series_t *s = xmalloc(sizeof *s + ntags * sizeof(msg_tag_t) + keylen);
+    series_t *s = xmalloc(sizeof *s + keylen);
     memset(s, 0, sizeof *s);
     s->hash = h;
     s->type = type;
     s->keylen = (uint32_t)keylen;
-    s->ntags = ntags;
-    s->key = (char *)&s->tags[ntags];
     memcpy(s->key, f->kbuf.data, keylen);
-    /* the spans point into the key: type, len, name, n, (len, k, len, v)... */
-    const char *p = s->key + 1 + 4;
-    s->name = span_make(p, name.len);
-    p += name.len + 4;
-    for (size_t i = 0; i < ntags; i++) {
-        const msg_tag_t *g = &tags[ord[i]];
-        p += 4;
-        s->tags[i].key = span_make(p, g->key.len);
-        p += g->key.len + 4;
-        s->tags[i].value = span_make(p, g->value.len);
-        p += g->value.len;
-    }
     size_t j = tab_find_slot(f, h, s->key, keylen);
     assert(!f->tab[j].s);
     f->tab[j] = (hslot_t){ h, s };
@@ -467,6 +471,31 @@ static series_t *series_add(sflush_t *f, uint64_t h, span_t name, msg_stype_t ty
     f->ngauges += type == MSG_ST_G;
     f->c.series_live = f->nseries;
     return s;
+}
+
+static uint32_t get32(const char *p)
+{
+    uint32_t v;
+    memcpy(&v, p, sizeof v);
+    return v;
+}
+
+/* The name and tags of s, borrowed from its key: type, len, name, n, then
+ * (len, key, len, value) per tag. Returns the number of tags. */
+static size_t key_spans(const series_t *s, span_t *name, msg_tag_t *tags)
+{
+    const char *p = s->key + 1;
+    *name = span_make(p + 4, get32(p));
+    p += 4 + name->len;
+    size_t n = get32(p);
+    p += 4;
+    for (size_t i = 0; i < n; i++) {
+        tags[i].key = span_make(p + 4, get32(p));
+        p += 4 + tags[i].key.len;
+        tags[i].value = span_make(p + 4, get32(p));
+        p += 4 + tags[i].value.len;
+    }
+    return n;
 }
 
 static void series_free(sflush_t *f, series_t *s)
@@ -560,7 +589,7 @@ size_t sflush_memory(const sflush_t *f)
 {
     size_t n = sizeof *f + f->tcap * sizeof(hslot_t) + f->civals * sizeof(ival_t) + f->kbuf.cap;
     for (const series_t *s = f->head; s; s = s->next) {
-        n += sizeof *s + s->ntags * sizeof(msg_tag_t) + s->keylen;
+        n += sizeof *s + s->keylen;
         for (const cell_t *c = s->cells; c; c = c->next)
             n += cell_memory(s, c);
     }
@@ -625,7 +654,7 @@ void sflush_sample(sflush_t *f, const msg_sample_t *smp)
             f->c.series_dropped++;
             return;
         }
-        s = series_add(f, h, smp->name, smp->type, smp->tags, ord, smp->ntags);
+        s = series_add(f, h, smp->type);
         s->born = s->last = k;
     } else if (k > s->last) {
         s->last = k;
@@ -635,7 +664,7 @@ void sflush_sample(sflush_t *f, const msg_sample_t *smp)
 
     if (s->type == MSG_ST_G) {
         /* arrival order on the live value; a closed interval keeps what it sent */
-        s->gauge = smp->delta ? s->gauge + smp->value : smp->value;
+        s->gauge = smp->delta ? fsat(s->gauge + smp->value) : smp->value;
         if (closed)
             f->c.late_gauge++;
         else
@@ -650,7 +679,7 @@ void sflush_sample(sflush_t *f, const msg_sample_t *smp)
     }
     switch (s->type) {
     case MSG_ST_C:
-        c->u.sum += smp->value / smp->rate;
+        c->u.sum = fsat(c->u.sum + fsat(smp->value / smp->rate));
         break;
     case MSG_ST_S:
         if (set_add(c, smp->member.p, smp->member.len, f->o.max_set_members) < 0)
@@ -668,13 +697,11 @@ static void emit_cell(sflush_t *f, const series_t *s, const cell_t *c, int64_t k
 {
     msg_flush_t r;
     memset(&r, 0, offsetof(msg_flush_t, tags));
-    r.name = s->name;
+    r.ntags = key_spans(s, &r.name, r.tags);
     r.type = s->type;
     r.start = k * f->o.interval_ns;
     r.end = ival_end(f, k);
     r.rev = rev;
-    r.ntags = s->ntags;
-    memcpy(r.tags, s->tags, s->ntags * sizeof(msg_tag_t));
     r.samples = c ? c->samples : 0;
     r.value = r.rate = r.count = r.sum = r.min = r.max = 0;
     for (int i = 0; i < MSG_FLUSH_NQ; i++)
@@ -683,7 +710,7 @@ static void emit_cell(sflush_t *f, const series_t *s, const cell_t *c, int64_t k
     switch (s->type) {
     case MSG_ST_C:
         r.value = c->u.sum;
-        r.rate = c->u.sum / ((double)f->o.interval_ns / 1e9);
+        r.rate = fsat(c->u.sum / ((double)f->o.interval_ns / 1e9));
         break;
     case MSG_ST_G:
         r.value = s->gauge;
@@ -849,12 +876,12 @@ static void pack_sketch(msgpack_packer *pk, const sketch_t *sk, mbuf_t *tmp)
     size_t n = sketch_encoded_size(sk);
     mbuf_reset(tmp);
     mbuf_reserve(tmp, n);
-    size_t w = sketch_encode(sk, tmp->data, tmp->cap);
+    size_t w = sketch_encode(sk, tmp->data, n);
     assert(w == n);
+    (void)n;
     msgpack_pack_bin(pk, w);
     msgpack_pack_bin_body(pk, tmp->data, w);
 }
-
 
 static void pack_bool(msgpack_packer *pk, bool b)
 {
@@ -925,12 +952,15 @@ int sflush_save(const sflush_t *f, msgpack_packer *pk)
     msgpack_pack_array(pk, f->nseries);
     for (const series_t *s = f->head; s; s = s->next) {
         msgpack_pack_array(pk, 7);
-        msg_pack_span(pk, s->name);
+        span_t name;
+        msg_tag_t tags[MSG_MAX_TAGS];
+        size_t ntags = key_spans(s, &name, tags);
+        msg_pack_span(pk, name);
         pack_cstr(pk, msg_stype_name(s->type));
-        msgpack_pack_map(pk, s->ntags);
-        for (size_t i = 0; i < s->ntags; i++) {
-            msg_pack_span(pk, s->tags[i].key);
-            msg_pack_span(pk, s->tags[i].value);
+        msgpack_pack_map(pk, ntags);
+        for (size_t i = 0; i < ntags; i++) {
+            msg_pack_span(pk, tags[i].key);
+            msg_pack_span(pk, tags[i].value);
         }
         msgpack_pack_int64(pk, s->born);
         msgpack_pack_int64(pk, s->last);
@@ -1137,7 +1167,7 @@ static int load_series(sflush_t *f, const msgpack_object *o, lerr_t *e)
     uint64_t h = XXH3_64bits(f->kbuf.data, f->kbuf.len);
     if (f->tcap && f->tab[tab_find_slot(f, h, f->kbuf.data, f->kbuf.len)].s)
         return lfail(e, "series: repeated");
-    series_t *s = series_add(f, h, name, (msg_stype_t)type, tags, ord, ntags);
+    series_t *s = series_add(f, h, (msg_stype_t)type);
     s->born = born;
     s->last = last;
     s->gauge = gauge;

@@ -124,8 +124,8 @@ size_t sketch_encoded_size(const sketch_t *s);
 size_t sketch_encode(const sketch_t *s, void *out, size_t cap);
 
 /* Reads a blob written by sketch_encode() from p[0..n) into a new sketch,
- * owned by the caller (sketch_destroy()). Strict: it accepts exactly what
- * sketch_encode() can write, so encode(decode(b)) == b for every accepted b.
+ * owned by the caller (sketch_destroy()). Strict: it accepts only canonical
+ * blobs, so encode(decode(b)) == b for every accepted b (the fuzzer checks).
  * It refuses another version, an unknown or non-canonical accuracy, varints
  * longer than needed or than 64 bits, truncation, trailing bytes, more bins
  * than SKETCH_MAX_BINS or than the bytes left could hold (checked before any

@@ -60,14 +60,15 @@ tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
 tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
-tokmonctl_SRC       := tools/ctl.c tools/mp2json.c
+tokmonctl_SRC       := tools/ctl.c tools/mp2json.c tools/query_client.c
 
 UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_test \
               common/msg_test common/mpr_test common/bus_test common/auth_test \
               common/tmtime_test common/log_test \
               common/spool_test common/replay_test common/rsub_test common/sketch_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test \
-              aggregator/cal_test aggregator/sflush_test aggregator/agg_test
+              aggregator/cal_test aggregator/sflush_test aggregator/agg_test \
+              tools/query_client_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch
 
 # ---- rules -----------------------------------------------------------------

@@ -853,7 +853,7 @@ static int unpack_fields(const msgpack_object *o, void *rec, size_t size, const 
         if (!f->name)
             continue; /* a field added later */
         void *dst = base + f->off;
-        uint64_t u;
+        uint64_t u = 0;
         int rc = 0;
         switch (f->type) {
         case F_STR:

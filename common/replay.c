@@ -9,7 +9,7 @@
 #include "mbuf.h"
 #include "xalloc.h"
 
-#define MAX_PREFIXES 64
+#define MAX_PREFIXES REPLAY_MAX_PREFIXES
 #define MAX_PEER_ID 256
 
 typedef struct {

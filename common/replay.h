@@ -22,6 +22,10 @@
 
 #include "spool.h"
 
+/* Prefixes one REPLAY may name (a shard of the aggregator asks for up to
+ * 256 ev.xx and metric); a request with more is malformed. */
+#define REPLAY_MAX_PREFIXES 300
+
 typedef struct replay_srv replay_srv_t;
 
 typedef struct {

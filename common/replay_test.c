@@ -654,9 +654,9 @@ static void test_peer_gone(void **state)
 static void test_malformed(void **state)
 {
     (void)state;
-    static char long_src[257], many[66][16];
+    static char long_src[257], many[REPLAY_MAX_PREFIXES + 2][16];
     memset(long_src, 's', 256);
-    for (int i = 0; i < 66; i++)
+    for (int i = 0; i < REPLAY_MAX_PREFIXES + 2; i++)
         snprintf(many[i], sizeof many[i], "zz%d", i);
     bus_pub_t *p = pub_new("malformed", (spool_size_t){ 0, 0 });
     publish(p, 5);
@@ -683,16 +683,16 @@ static void test_malformed(void **state)
         { "a seq beyond 64 bits", F("REPLAY", SRC, "18446744073709551616"), 3, 0, NULL },
         { "a seq of 24 digits", F("REPLAY", SRC, "123456789012345678901234"), 3, 0, NULL },
         { "a src of 256 bytes", F("REPLAY", long_src, "1"), 3, 0, NULL },
-        { "65 prefixes", F("REPLAY", SRC, "1"), 3, 65, NULL },
-        { "66 prefixes", F("REPLAY", SRC, "1"), 3, 66, NULL },
+        { "one prefix too many", F("REPLAY", SRC, "1"), 3, REPLAY_MAX_PREFIXES + 1, NULL },
+        { "two prefixes too many", F("REPLAY", SRC, "1"), 3, REPLAY_MAX_PREFIXES + 2, NULL },
         /* the limits, on the right side */
-        { "64 prefixes", F("REPLAY", SRC, "1"), 3, 64, "END" },
+        { "as many prefixes as allowed", F("REPLAY", SRC, "1"), 3, REPLAY_MAX_PREFIXES, "END" },
         { "a src of 255 bytes", F("REPLAY", long_src + 1, "1"), 3, 0, "UNKNOWN" },
         { "HELLO with more frames", F("HELLO", "x"), 2, 0, "HELLO" },
     };
     uint64_t malformed = 0;
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {
-        const char *f[80];
+        const char *f[REPLAY_MAX_PREFIXES + 8];
         int n = 0;
         for (; n < cases[i].n; n++)
             f[n] = cases[i].f[n];
@@ -727,13 +727,14 @@ static void test_malformed(void **state)
     }
     /* a request of more frames than any request has */
     {
-        const char *f[100];
+        enum { NF = REPLAY_MAX_PREFIXES + 20 };
+        static const char *f[NF];
         f[0] = "REPLAY";
         f[1] = SRC;
         f[2] = "1";
-        for (int k = 3; k < 100; k++)
+        for (int k = 3; k < NF; k++)
             f[k] = "p";
-        send_strs(d, f, 100);
+        send_strs(d, f, NF);
         malformed++;
     }
     /* and the service still works */

@@ -13,7 +13,7 @@
 #include "xalloc.h"
 
 #define ANSWER_DEPTH 4 /* map -> windows/rows/budgets array -> map -> value */
-#define EP_MAX 1024
+#define EP_MAX       1024
 
 struct query_client {
     void *ctx;
@@ -60,8 +60,9 @@ query_client_t *query_client_new(const char *endpoints, int64_t timeout_ns, char
             n--;
         if (!n || n >= EP_MAX || c->neps == QUERY_CLIENT_MAX_SHARDS) {
             snprintf(err, cap, "query endpoints '%s': %s", endpoints,
-                     !n ? "an endpoint is empty" : n >= EP_MAX ? "an endpoint is too long"
-                                                               : "more than 256");
+                     !n            ? "an endpoint is empty"
+                     : n >= EP_MAX ? "an endpoint is too long"
+                                   : "more than 256");
             query_client_destroy(&c);
             return NULL;
         }
@@ -329,8 +330,8 @@ static int ask_range(query_client_t *c, const void *req, size_t len, uint32_t fr
     return ask_set(c, req, len, idx, to - from, want_shards, deadline, out, err, cap);
 }
 
-int query_client_ask_all(query_client_t *c, const void *req, size_t len, query_client_answers_t *out,
-                         char *err, size_t cap)
+int query_client_ask_all(query_client_t *c, const void *req, size_t len,
+                         query_client_answers_t *out, char *err, size_t cap)
 {
     *out = (query_client_answers_t){ 0 };
     int64_t deadline = tmtime_mono_ns() + c->timeout_ns;
@@ -377,8 +378,8 @@ static const msgpack_object *rd_get(rd_t *r, const msgpack_object *m, const char
                                     msgpack_object_type t, const char *what)
 {
     const msgpack_object *o = field(m, key);
-    if (o && (o->type == t || (t == MSGPACK_OBJECT_NEGATIVE_INTEGER &&
-                               o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)))
+    if (o && (o->type == t ||
+              (t == MSGPACK_OBJECT_NEGATIVE_INTEGER && o->type == MSGPACK_OBJECT_POSITIVE_INTEGER)))
         return o;
     if (!r->bad)
         snprintf(r->err, r->cap, "the answer's \"%s\" is missing or not %s", key, what);
@@ -527,7 +528,8 @@ void query_client_quota_add(query_client_quota_t *q, const query_client_quota_t 
 
 /* ---- top and usage ------------------------------------------------------ */
 
-int query_client_rows_decode(const msgpack_object *o, query_client_rows_t *rw, char *err, size_t cap)
+int query_client_rows_decode(const msgpack_object *o, query_client_rows_t *rw, char *err,
+                             size_t cap)
 {
     rd_t r = { err, cap, false };
     memset(rw, 0, sizeof *rw);
@@ -600,7 +602,8 @@ void query_client_rows_merge(const query_client_rows_t *parts, size_t n, bool di
         total += parts[i].n;
     out->rows = xcalloc(total ? total : 1, sizeof *out->rows);
     for (size_t i = 0; i < n; i++) {
-        memcpy(out->rows + out->n, parts[i].rows, parts[i].n * sizeof *out->rows);
+        if (parts[i].n)
+            memcpy(out->rows + out->n, parts[i].rows, parts[i].n * sizeof *out->rows);
         out->n += parts[i].n;
         out->truncated = out->truncated || parts[i].truncated;
         out->keys += parts[i].keys;
@@ -624,7 +627,9 @@ void query_client_rows_merge(const query_client_rows_t *parts, size_t n, bool di
     }
     if (!disjoint)
         out->keys = out->n; /* a lower bound when a part was cut */
-    int metric = span_eq_cstr(out->metric, "tokens") ? 1 : span_eq_cstr(out->metric, "requests") ? 2 : 0;
+    int metric = span_eq_cstr(out->metric, "tokens")     ? 1
+                 : span_eq_cstr(out->metric, "requests") ? 2
+                                                         : 0;
     qsort_r(out->rows, out->n, sizeof *out->rows, row_metric_cmp, &metric);
     if (limit > 0 && out->n > (uint64_t)limit) {
         out->n = (size_t)limit;
@@ -730,7 +735,8 @@ void query_client_budgets_merge(const query_client_budgets_t *parts, size_t n,
     }
     out->v = xcalloc(total ? total : 1, sizeof *out->v);
     for (size_t i = 0; i < n; i++) {
-        memcpy(out->v + out->n, parts[i].v, parts[i].n * sizeof *out->v);
+        if (parts[i].n)
+            memcpy(out->v + out->n, parts[i].v, parts[i].n * sizeof *out->v);
         out->n += parts[i].n;
     }
     if (out->n > 1)

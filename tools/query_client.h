@@ -14,9 +14,9 @@
 #include "msg.h"
 #include "span.h"
 
-#define QUERY_CLIENT_MAX_SHARDS 256
-#define QUERY_CLIENT_MAX_ANSWER (256u << 20) /* bytes in one answer frame */
-#define QUERY_CLIENT_MAX_WINDOWS 16          /* (window, unit) pairs in a quota answer */
+#define QUERY_CLIENT_MAX_SHARDS  256
+#define QUERY_CLIENT_MAX_ANSWER  (256u << 20) /* bytes in one answer frame */
+#define QUERY_CLIENT_MAX_WINDOWS 16           /* (window, unit) pairs in a quota answer */
 
 typedef struct query_client query_client_t;
 
@@ -49,8 +49,8 @@ void query_client_destroy(query_client_t **c);
  * Returns 0, or -1 with a reason in err: no answer within the timeout, an
  * answer that is not a msgpack map, "ok": false ("the aggregator says:
  * ..."), or shard numbers that do not match the endpoints. */
-int query_client_ask_all(query_client_t *c, const void *req, size_t len, query_client_answers_t *out,
-                         char *err, size_t cap);
+int query_client_ask_all(query_client_t *c, const void *req, size_t len,
+                         query_client_answers_t *out, char *err, size_t cap);
 
 /* As query_client_ask_all, but asks only the shard that owns user id
  * (out->n is 1 on success). */
@@ -67,8 +67,8 @@ const char *query_client_state_name(int st);
 /* ---- quota -------------------------------------------------------------- */
 
 typedef struct {
-    span_t window, unit; /* "day", "month", "5h"; "tokens" or "usd" */
-    int64_t used, limit; /* tokens or nano-dollars; limit 0: none */
+    span_t window, unit;  /* "day", "month", "5h"; "tokens" or "usd" */
+    int64_t used, limit;  /* tokens or nano-dollars; limit 0: none */
     int64_t start, reset; /* unix ns; reset 0: none (an empty sliding window) */
     int state;
 } query_client_qwin_t;
@@ -108,7 +108,8 @@ typedef struct {
     size_t n;
 } query_client_rows_t;
 
-int query_client_rows_decode(const msgpack_object *o, query_client_rows_t *r, char *err, size_t cap);
+int query_client_rows_decode(const msgpack_object *o, query_client_rows_t *r, char *err,
+                             size_t cap);
 void query_client_rows_free(query_client_rows_t *r);
 /* Merges the answers parts[0..n) into out (free it): when disjoint (by
  * user: every key lives on one shard) the rows are concatenated, else the

@@ -33,13 +33,16 @@ stop_all() {
 
 trap 'echo; echo "run: stopping"; stop_all; exit 0' INT TERM
 
-if ! "$BIN/tokmon-collectd" -c "$CFG" -n >/dev/null; then
-    "$BIN/tokmon-collectd" -c "$CFG" -n
-    exit 1
-fi
+for stage in tokmon-collectd tokmon-aggregator; do
+    if ! "$BIN/$stage" -c "$CFG" -n >/dev/null; then
+        "$BIN/$stage" -c "$CFG" -n
+        exit 1
+    fi
+done
 
 # stages in pipeline order; later stages add themselves here
 start tokmon-collectd "$BIN/tokmon-collectd" -c "$CFG"
+start tokmon-aggregator "$BIN/tokmon-aggregator" -c "$CFG"
 
 sleep 0.3
 udp=${TOKMON_COLLECTD_UDP:-$(sed -n 's/^udp *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
@@ -52,7 +55,11 @@ cat <<MSG
 tokmon is running ($CFG, state in ./run/). Look at:
   priced records on the bus:   $BIN/tokmon-tap -c $CFG ev. | jq .
   generic StatsD samples:      $BIN/tokmon-tap -c $CFG metric
-  the collector's counters:    $BIN/tokmonctl -c $CFG stats
+  every stage's counters:      $BIN/tokmonctl -c $CFG stats
+  a user's quota:              $BIN/tokmonctl -c $CFG quota alice
+  budgets:                     $BIN/tokmonctl -c $CFG budgets
+  top users in the last hour:  $BIN/tokmonctl -c $CFG top --by user --window 1h
+  rollups, quotas, budgets:    $BIN/tokmon-tap -c $CFG roll. quota budget | jq .
   send one call yourself:      $BIN/tokmon-emit -c $CFG --provider openai --model gpt-4o \\
                                  --user alice --input-tokens 1200 --cache-read-tokens 1000 --output-tokens 300
   or plain StatsD:             echo "llm.tokens:450|c|#provider:openai,model:gpt-4o,user:alice,type:input" \\

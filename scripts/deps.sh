@@ -11,7 +11,7 @@ libzmq3-dev libmsgpack-dev libpq-dev libcurl4-openssl-dev libsodium-dev
 libinih-dev libjansson-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
 libsnappy-dev libcmocka-dev libxxhash-dev
 postgresql-15 prometheus prometheus-alertmanager
-python3 python3-statsd python3-msgpack python3-zmq jq"
+python3 python3-statsd python3-msgpack python3-zmq jq systemd"
 
 missing=""
 for p in $PKGS; do

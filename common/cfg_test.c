@@ -1133,6 +1133,53 @@ static void test_budget_and_notify_values(void **state)
     cfg_destroy(&c);
 }
 
+static void test_quota_sections(void **state)
+{
+    (void)state;
+    cfg_t *c = must_load("[quota]\nwindow = 90m\nwindow_tokens = 5000\ndaily_usd = 2.5\n"
+                         "[quota.account]\nmonthly_usd = 100\n"
+                         "[quota.user.alice@example.com]\ndaily_tokens = 7\nwarn_pct = 50\n"
+                         "[quota.user.bob]\nmonthly_usd = \n"
+                         "[quota.account.acme]\ndaily_usd = 0\n"
+                         "[budget.r]\nlimit_usd = 10\nrollover = on\n"
+                         "[budget.s]\nlimit_usd = 10\nrollover = on\nrollover_cap_usd = 2\n");
+    assert_int_equal(c->quota.window, 90 * 60000);
+    assert_int_equal(c->quota.lim.daily_tokens, 100000); /* the default stays */
+    assert_int_equal(c->quota.lim.window_tokens, 5000);
+    assert_int_equal(c->quota.lim.daily_nusd, 2500000000LL);
+    assert_int_equal(c->quota.lim.monthly_nusd, 0); /* empty: no limit */
+    assert_int_equal(c->account_quota.monthly_nusd, 100000000000LL);
+    assert_int_equal(c->account_quota.daily_tokens, 0);
+    assert_int_equal(c->nuser_quotas, 2);
+    assert_string_equal(c->user_quotas[0].name, "alice@example.com");
+    assert_int_equal(c->user_quotas[0].lim.daily_tokens, 7);
+    assert_int_equal(c->user_quotas[0].lim.monthly_tokens, -1); /* as the defaults */
+    assert_int_equal(c->user_quotas[0].lim.daily_nusd, -1);
+    assert_int_equal(c->user_quotas[0].lim.warn_pct, 50);
+    assert_int_equal(c->user_quotas[1].lim.monthly_nusd, -1);
+    assert_int_equal(c->naccount_quotas, 1);
+    assert_int_equal(c->account_quotas[0].lim.daily_nusd, 0); /* explicitly none */
+    assert_true(c->budgets[0].rollover);
+    assert_int_equal(c->budgets[0].rollover_cap_nusd, 10000000000LL); /* the limit */
+    assert_int_equal(c->budgets[1].rollover_cap_nusd, 2000000000LL);
+    cfg_destroy(&c);
+    static const err_case_t bad[] = {
+        { "window not whole minutes", "[quota]\nwindow = 90s\n", 0, { "whole minutes" }, 1 },
+        { "override warn_pct 0", "[quota.user.x]\nwarn_pct = 0\n", 0, { "warn_pct" }, 1 },
+        { "override below -1", "[quota.user.x]\ndaily_tokens = -2\n", 0, { "out of range" }, 1 },
+        { "unknown key in an override", "[quota.account.a]\nwindow = 1h\n", 0,
+          { "unknown key 'window'" }, 1 },
+        { "override without an id", "[quota.user.]\n", 0, { "needs a name" }, 1 },
+        { "negative money", "[quota]\ndaily_usd = -1\n", 0, { "dollar amount" }, 1 },
+    };
+    for (size_t i = 0; i < ARRAY_LEN(bad); i++) {
+        char err[1024];
+        cfg_t *x = cfg_load_string(bad[i].text, strlen(bad[i].text), "t.ini", NULL, err, sizeof err);
+        if (x || !strstr(err, bad[i].want[0]))
+            fail_msg("%s: loaded=%d err=%s", bad[i].name, x != NULL, err);
+    }
+}
+
 static void test_cfg_load_file(void **state)
 {
     (void)state;
@@ -1211,6 +1258,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_format_usd),
         cmocka_unit_test(test_design_example),
         cmocka_unit_test(test_budget_and_notify_values),
+        cmocka_unit_test(test_quota_sections),
         cmocka_unit_test(test_cfg_load_file),
         cmocka_unit_test(test_default_path),
     };

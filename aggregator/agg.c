@@ -397,13 +397,7 @@ static void save_recent(const agg_t *a, snapw_t *w)
             snap_pack_str(pk, "m", 1);
             msgpack_pack_int(pk, i);
             snap_pack_str(pk, key.p, key.len);
-            msgpack_pack_array(pk, wn->n * 4);
-            for (uint32_t k = 0; k < wn->n; k++) {
-                msgpack_pack_uint32(pk, wn->b[k].minute);
-                msgpack_pack_uint32(pk, wn->b[k].requests);
-                msgpack_pack_uint64(pk, wn->b[k].tokens);
-                msgpack_pack_int64(pk, wn->b[k].nusd);
-            }
+            win_save(wn, pk);
             snapw_record(w);
         }
     }
@@ -414,22 +408,14 @@ static int load_recent(agg_t *a, snap_rec_t *r, char *err, size_t errcap)
     int64_t i = snap_rec_i64(r);
     span_t key = snap_rec_str(r);
     const msgpack_object *b = snap_rec_obj(r);
-    if (!snap_rec_ok(r) || i < 0 || i >= RC_N || !b || b->type != MSGPACK_OBJECT_ARRAY ||
-        b->via.array.size % 4) {
+    if (!snap_rec_ok(r) || i < 0 || i >= RC_N || !b) {
         snprintf(err, errcap, "recent-usage record malformed");
         return -1;
     }
     win_t *w = ktab_put(a->recent[i], key.p, key.len, ktab_hash(key.p, key.len), NULL);
-    snap_rec_t br;
-    snap_rec_open(&br, b);
-    for (uint32_t k = 0; k < b->via.array.size / 4; k++) {
-        uint64_t m = snap_rec_u64(&br), rq = snap_rec_u64(&br), tk = snap_rec_u64(&br);
-        int64_t nu = snap_rec_i64(&br);
-        if (br.bad || m > UINT32_MAX || rq > UINT32_MAX) {
-            snprintf(err, errcap, "recent-usage record: bad minute bucket");
-            return -1;
-        }
-        win_add(w, (int64_t)m * WIN_MINUTE_NS, (uint32_t)rq, tk, nu);
+    if (win_load(w, b) < 0) {
+        snprintf(err, errcap, "recent-usage record: bad minute buckets");
+        return -1;
     }
     return 0;
 }

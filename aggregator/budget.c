@@ -388,7 +388,7 @@ void budget_set_crossed(budget_t *b, span_t name, span_t scope_value, int64_t pe
 /* ---- durable state -------------------------------------------------------- */
 
 /* ["b", name, scope spec, period, key, start, end, spent, carry, warn_ts,
- *  exc_ts, fired, [minute, nusd, ...]] */
+ *  exc_ts, fired, [minute buckets as win_save writes them]] */
 void budget_save(const budget_t *b, snapw_t *w)
 {
     msgpack_packer *pk = snapw_packer(w);
@@ -411,11 +411,7 @@ void budget_save(const budget_t *b, snapw_t *w)
             msgpack_pack_int64(pk, in->warn_ts);
             msgpack_pack_int64(pk, in->exc_ts);
             msgpack_pack_uint8(pk, in->fired);
-            msgpack_pack_array(pk, in->hour.n * 2);
-            for (uint32_t k = 0; k < in->hour.n; k++) {
-                msgpack_pack_uint32(pk, in->hour.b[k].minute);
-                msgpack_pack_int64(pk, in->hour.b[k].nusd);
-            }
+            win_save(&in->hour, pk);
             snapw_record(w);
         }
     }
@@ -431,7 +427,7 @@ int budget_load_record(budget_t *b, snap_rec_t *r, char *err, size_t errcap)
     uint64_t fired = snap_rec_u64(r);
     const msgpack_object *hb = snap_rec_obj(r);
     if (!snap_rec_ok(r) || period < 0 || period > 2 || start >= end || fired > 3 || !hb ||
-        hb->type != MSGPACK_OBJECT_ARRAY || hb->via.array.size % 2 || key.len > MSG_MAX_STR ||
+        key.len > MSG_MAX_STR ||
         spent < 0 || carry < 0) {
         snprintf(err, errcap, "budget record malformed");
         return -1;
@@ -449,17 +445,9 @@ int budget_load_record(budget_t *b, snap_rec_t *r, char *err, size_t errcap)
     in->warn_ts = warn_ts;
     in->exc_ts = exc_ts;
     in->fired = (uint8_t)fired;
-    win_free(&in->hour);
-    snap_rec_t hr;
-    snap_rec_open(&hr, hb);
-    for (uint32_t k = 0; k < hb->via.array.size / 2; k++) {
-        uint64_t m = snap_rec_u64(&hr);
-        int64_t nusd = snap_rec_i64(&hr);
-        if (hr.bad || m > UINT32_MAX) {
-            snprintf(err, errcap, "budget record: bad minute bucket");
-            return -1;
-        }
-        win_add(&in->hour, (int64_t)m * WIN_MINUTE_NS, 1, 0, nusd);
+    if (win_load(&in->hour, hb) < 0) {
+        snprintf(err, errcap, "budget record: bad minute buckets");
+        return -1;
     }
     return 0;
 }

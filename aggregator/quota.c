@@ -391,14 +391,7 @@ void quota_save(const quota_t *q, snapw_t *w)
             msgpack_pack_int64(pk, sub->last);
             msgpack_pack_uint32(pk, (uint32_t)sub->pub[0] | (uint32_t)sub->pub[1] << 8 |
                                         (uint32_t)sub->pub[2] << 16);
-            msgpack_pack_array(pk, sub->win.n * 4);
-            for (uint32_t i = 0; i < sub->win.n; i++) {
-                const win_bucket_t *b = &sub->win.b[i];
-                msgpack_pack_uint32(pk, b->minute);
-                msgpack_pack_uint32(pk, b->requests);
-                msgpack_pack_uint64(pk, b->tokens);
-                msgpack_pack_int64(pk, b->nusd);
-            }
+            win_save(&sub->win, pk);
             snapw_record(w);
         }
     }
@@ -414,8 +407,7 @@ int quota_load_record(quota_t *q, snap_rec_t *r, char *err, size_t errcap)
     uint64_t pub = snap_rec_u64(r);
     const msgpack_object *b = snap_rec_obj(r);
     if (!snap_rec_ok(r) || s < 0 || s >= QS_N || day < 0 || day > INT32_MAX || month < 0 ||
-        month > INT32_MAX || pub > 0xffffff || !b || b->type != MSGPACK_OBJECT_ARRAY ||
-        b->via.array.size % 4 || id.len > MSG_MAX_STR) {
+        month > INT32_MAX || pub > 0xffffff || !b || id.len > MSG_MAX_STR) {
         snprintf(err, errcap, "quota record malformed");
         return -1;
     }
@@ -435,19 +427,9 @@ int quota_load_record(quota_t *q, snap_rec_t *r, char *err, size_t errcap)
     sub->last = last;
     for (int w = 0; w < QW_N; w++)
         sub->pub[w] = (uint8_t)(pub >> (8 * w));
-    win_free(&sub->win);
-    snap_rec_t br;
-    snap_rec_open(&br, b);
-    int64_t prev = -1;
-    for (uint32_t i = 0; i < b->via.array.size / 4; i++) {
-        uint64_t m = snap_rec_u64(&br), rq = snap_rec_u64(&br), tk = snap_rec_u64(&br);
-        int64_t nu = snap_rec_i64(&br);
-        if (br.bad || m > UINT32_MAX || rq > UINT32_MAX || (int64_t)m <= prev) {
-            snprintf(err, errcap, "quota record: bad minute bucket");
-            return -1;
-        }
-        prev = (int64_t)m;
-        win_add(&sub->win, (int64_t)m * WIN_MINUTE_NS, (uint32_t)rq, tk, nu);
+    if (win_load(&sub->win, b) < 0) {
+        snprintf(err, errcap, "quota record: bad minute buckets");
+        return -1;
     }
     return 0;
 }

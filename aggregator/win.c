@@ -1,5 +1,6 @@
 #include "win.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -85,6 +86,54 @@ int64_t win_next_expiry(const win_t *w, int64_t t, int64_t len)
             return start + len;
     }
     return 0;
+}
+
+void win_save(const win_t *w, msgpack_packer *pk)
+{
+    msgpack_pack_array(pk, w->n * 4);
+    for (uint32_t i = 0; i < w->n; i++) {
+        const win_bucket_t *b = &w->b[i];
+        msgpack_pack_uint32(pk, b->minute);
+        msgpack_pack_uint32(pk, b->requests);
+        msgpack_pack_uint64(pk, b->tokens);
+        msgpack_pack_int64(pk, b->nusd);
+    }
+}
+
+static bool get_u(const msgpack_object *o, uint64_t max, uint64_t *v)
+{
+    if (o->type != MSGPACK_OBJECT_POSITIVE_INTEGER || o->via.u64 > max)
+        return false;
+    *v = o->via.u64;
+    return true;
+}
+
+int win_load(win_t *w, const msgpack_object *o)
+{
+    win_free(w);
+    if (!o || o->type != MSGPACK_OBJECT_ARRAY || o->via.array.size % 4)
+        return -1;
+    const msgpack_object *a = o->via.array.ptr;
+    int64_t prev = -1;
+    for (uint32_t i = 0; i < o->via.array.size; i += 4) {
+        uint64_t m, rq, tk;
+        int64_t nusd;
+        if (!get_u(&a[i], UINT32_MAX, &m) || !get_u(&a[i + 1], UINT32_MAX, &rq) ||
+            !get_u(&a[i + 2], UINT64_MAX, &tk) || (int64_t)m <= prev)
+            goto bad;
+        if (a[i + 3].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[i + 3].via.u64 <= INT64_MAX)
+            nusd = (int64_t)a[i + 3].via.u64;
+        else if (a[i + 3].type == MSGPACK_OBJECT_NEGATIVE_INTEGER)
+            nusd = a[i + 3].via.i64;
+        else
+            goto bad;
+        prev = (int64_t)m;
+        win_add(w, (int64_t)m * WIN_MINUTE_NS, (uint32_t)rq, tk, nusd);
+    }
+    return 0;
+bad:
+    win_free(w);
+    return -1;
 }
 
 void win_free(win_t *w)

@@ -5,6 +5,7 @@
 #ifndef TOKMON_WIN_H
 #define TOKMON_WIN_H
 
+#include <msgpack.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -45,6 +46,12 @@ int64_t win_start(int64_t t, int64_t len);
  * the next instant the window's sum can fall without new usage. 0 when
  * empty. */
 int64_t win_next_expiry(const win_t *w, int64_t t, int64_t len);
+
+/* Durable state: the buckets as one flat msgpack array [minute, requests,
+ * tokens, nusd, ...]; win_load replaces w's buckets and returns 0, or -1 on
+ * a malformed array (w left empty). */
+void win_save(const win_t *w, msgpack_packer *pk);
+int win_load(win_t *w, const msgpack_object *o);
 
 void win_free(win_t *w);
 size_t win_memory(const win_t *w);

@@ -430,3 +430,48 @@ def agg_tokmonctl(env):
     rc, out, err = a.ctl("quota", u, "--endpoint", "tcp://127.0.0.1:%d" % free_port(udp=False),
                          "--timeout", "1")
     check(rc == 1 and "no answer" in err, "tokmonctl against nobody: %d %s", rc, err)
+
+
+@case(timeout=90)
+def agg_reload_and_restart(env):
+    """SIGHUP takes new limits and budgets at once; SIGTERM writes a
+    snapshot that the next start loads, with every total intact."""
+    c = env.collector()
+    a = Aggregator(env, c, sections="[budget.daily]\nscope = global\nperiod = day\nlimit_usd = 1000\n")
+    events = make_events(500, seed=15, users=5)
+    send(c, events)
+    wait_requests([a], len(events))
+    want = expected(events)
+    u = sorted(want["user"])[0]
+    with open(a.cfg_path) as f:
+        text = f.read()
+    with open(a.cfg_path, "w") as f:
+        f.write(text.replace("limit_usd = 1000", "limit_usd = 0.1") +
+                "\n[quota.user.%s]\ndaily_tokens = 10\n" % u)
+    a.proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while 'msg="reloaded"' not in a.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    check('msg="reloaded"' in a.log(), "no reload logged: %s", a.log()[-400:])
+    q = a.query({"q": "quota", "subject": "user", "id": u})
+    day = [w for w in q["windows"] if w["window"] == "day" and w["unit"] == "tokens"][0]
+    check_eq((day["limit"], day["state"]), (10, "exceeded"), "%s's new daily limit and state" % u)
+    b = [x for x in a.query({"q": "budgets"})["budgets"] if x["name"] == "daily"][0]
+    check_eq((b["limit_nusd"], b["state"]), (100000000, "exceeded"), "the daily budget after SIGHUP")
+    check_eq(b["spent_nusd"], sum(e["_nusd"] for e in events), "spending kept across the reload")
+    # a broken config is refused and the running one stays
+    with open(a.cfg_path, "w") as f:
+        f.write(text + "\n[budget.bad]\nscope = galaxy\nlimit_usd = 1\n")
+    a.proc.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 10
+    while "reload failed" not in a.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    check("reload failed" in a.log() and a.proc.alive(), "a bad config was not refused: %s", a.log()[-400:])
+    with open(a.cfg_path, "w") as f:
+        f.write(text)
+    check_eq(a.stop(), 0, "exit status on SIGTERM")
+    check("snapshot=" in a.log().splitlines()[-1], "no snapshot on SIGTERM: %s", a.log()[-300:])
+    a.start()
+    check("snapshot loaded" in a.log(), "the snapshot was not loaded: %s", a.log()[-600:])
+    time.sleep(1.0)
+    compare(want, [a])

@@ -5,7 +5,8 @@
 #                     tests, a short run of every fuzzer
 #   make run          the whole pipeline on this machine (DEMO=1 adds traffic)
 #   make fuzz         every fuzzer for FUZZ_SECONDS each (default 300)
-#   make bench        every benchmark; make bench-ingest for the collector's
+#   make bench        every benchmark; make bench-ingest for the collector's,
+#                     make bench-aggregator for the aggregator's memory and rate
 #   make deps         install missing Debian packages (run by the others)
 #
 # One unit test alone: make unit T=common/cfg_test [ARGS=test_name]
@@ -69,7 +70,8 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
               collectd/statsd_test collectd/event_test collectd/ingest_test \
               aggregator/cal_test aggregator/sflush_test aggregator/agg_test \
               tools/query_client_test
-FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch
+FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
+           fuzz_aggbus fuzz_snapshot fuzz_query
 
 # ---- rules -----------------------------------------------------------------
 
@@ -79,7 +81,7 @@ DEPS_STAMP := build/.deps-ok
 
 obj = $(patsubst %.c,$(OBJ)/%.o,$(1))
 
-.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool run clean chaos
+.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator run clean chaos
 .DEFAULT_GOAL := all
 
 all: $(addprefix $(BUILD)/bin/,$(BINS))
@@ -163,7 +165,7 @@ fuzz: $(DEPS_STAMP)
 
 # ---- bench and run ---------------------------------------------------------
 
-bench: bench-ingest bench-spool
+bench: bench-ingest bench-spool bench-aggregator
 
 bench-spool: all $(BUILD)/bin/busbench
 	bench/spool.sh $(BUILD)/bin
@@ -171,6 +173,14 @@ bench-spool: all $(BUILD)/bin/busbench
 $(BUILD)/bin/busbench: bench/busbench.c $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+# the aggregator's memory per user and apply rate (bench/aggbench.c), about 4 minutes
+bench-aggregator: $(BUILD)/bin/aggbench
+	bench/aggregator.sh $(BUILD)/bin
+
+$(BUILD)/bin/aggbench: bench/aggbench.c $(call obj,$(AGGREGATOR_LIB)) $(LIB) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(AGGREGATOR_LIB)) $(LIB) $(LDLIBS) -o $@
 
 bench-ingest: all $(BUILD)/bin/udpblast $(BUILD)/bin/udpcount
 	bench/ingest.sh $(BUILD)/bin

@@ -17,6 +17,11 @@
 #define FUTURE_NS (300 * TMTIME_NS_PER_SEC)   /* event times further ahead are the receive time */
 #define BUDGET_FULL_EVERY 12                  /* every Nth budget status round sends all */
 #define SNAP_VERSION 1
+/* Receive times outside [2000, 2200) are refused: the calendar periods and
+ * bucket bounds derived from them must stay within int64 and above 0, where
+ * the bus formats want them. */
+#define RECV_MIN (946684800LL * TMTIME_NS_PER_SEC)
+#define RECV_MAX (7258118400LL * TMTIME_NS_PER_SEC)
 
 typedef enum { OQ_ROLL_M, OQ_ROLL_H, OQ_ROLL_D, OQ_QUOTA, OQ_BUDGET, OQ_FLUSH, OQ_N } outq_id_t;
 
@@ -330,6 +335,11 @@ void agg_apply(agg_t *a, const bus_msg_t *m)
                 complain(a, m, i, err);
                 continue;
             }
+            if (u.recv_ts < RECV_MIN || u.recv_ts >= RECV_MAX) {
+                (*a->c_bad_records)++;
+                complain(a, m, i, "recv_ts: not within the years 2000 to 2199");
+                continue;
+            }
             (*a->c_records)++;
             apply_usage(a, &u);
         } else {
@@ -499,7 +509,7 @@ static int load_header(agg_t *a, const msgpack_object *o,
         snap_rec_open(&pr, &pos->via.array.ptr[i]);
         span_t s = snap_rec_str(&pr);
         uint64_t seq = snap_rec_u64(&pr);
-        if (!snap_rec_ok(&pr) || s.len == 0 || s.len > 255) {
+        if (!snap_rec_ok(&pr) || s.len == 0 || s.len > 255 || memchr(s.p, '\0', s.len)) {
             snprintf(err, errcap, "the snapshot's bus positions are malformed");
             return -1;
         }

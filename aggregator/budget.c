@@ -274,7 +274,7 @@ void budget_add(budget_t *b, const msg_usage_t *u, int64_t t)
             b->c.stale++;
             continue;
         }
-        in->spent += u->cost_nusd;
+        in->spent = win_sat_add(in->spent, u->cost_nusd);
         win_trim(&in->hour, t - HOUR_NS);
         win_add(&in->hour, t, 1, 0, u->cost_nusd);
         in->dirty = true;

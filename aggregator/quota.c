@@ -263,13 +263,13 @@ void quota_add(quota_t *q, qsubject_t s, span_t id, int64_t t, uint64_t tokens, 
     int32_t month = (int32_t)cal_id(q->o.cal, CAL_MONTH, t);
     if (day == sub->day_id) {
         sub->tokens[0] += tokens;
-        sub->nusd[0] += nusd;
+        sub->nusd[0] = win_sat_add(sub->nusd[0], nusd);
     } else {
         q->c.stale++;
     }
     if (month == sub->month_id) {
         sub->tokens[1] += tokens;
-        sub->nusd[1] += nusd;
+        sub->nusd[1] = win_sat_add(sub->nusd[1], nusd);
     }
     win_add(&sub->win, t, 1, tokens, nusd);
     if (t > sub->last)

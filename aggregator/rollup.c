@@ -7,6 +7,7 @@
 #include "ktab.h"
 #include "mbuf.h"
 #include "sketch.h"
+#include "win.h"
 #include "xalloc.h"
 
 #define MINUTE_NS 60000000000LL
@@ -173,7 +174,7 @@ static void cell_add(rcell_t *c, const msg_usage_t *u, bool error)
     c->tok[3] += u->cache_write_1h_tokens;
     c->tok[4] += u->output_tokens;
     c->tok[5] += u->reasoning_tokens;
-    c->cost += u->cost_nusd;
+    c->cost = win_sat_add(c->cost, u->cost_nusd);
     if (u->latency_us >= 0) {
         if (!c->lat)
             c->lat = sketch_new(0);

@@ -21,7 +21,7 @@ void win_add(win_t *w, int64_t t, uint32_t requests, uint64_t tokens, int64_t nu
         win_bucket_t *b = &w->b[i - 1];
         b->requests += requests;
         b->tokens += tokens;
-        b->nusd += nusd;
+        b->nusd = win_sat_add(b->nusd, nusd);
         return;
     }
     if (w->n == w->cap) {
@@ -67,7 +67,7 @@ void win_sum(const win_t *w, int64_t from, int64_t to, win_sum_t *out)
             continue;
         out->requests += b->requests;
         out->tokens += b->tokens;
-        out->nusd += b->nusd;
+        out->nusd = win_sat_add(out->nusd, b->nusd);
     }
 }
 
@@ -118,7 +118,8 @@ int win_load(win_t *w, const msgpack_object *o)
     for (uint32_t i = 0; i < o->via.array.size; i += 4) {
         uint64_t m, rq, tk;
         int64_t nusd;
-        if (!get_u(&a[i], UINT32_MAX, &m) || !get_u(&a[i + 1], UINT32_MAX, &rq) ||
+        /* a minute whose start fits int64 ns, as win_add makes them */
+        if (!get_u(&a[i], INT64_MAX / WIN_MINUTE_NS, &m) || !get_u(&a[i + 1], UINT32_MAX, &rq) ||
             !get_u(&a[i + 2], UINT64_MAX, &tk) || (int64_t)m <= prev)
             goto bad;
         if (a[i + 3].type == MSGPACK_OBJECT_POSITIVE_INTEGER && a[i + 3].via.u64 <= INT64_MAX)

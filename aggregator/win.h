@@ -56,4 +56,15 @@ int win_load(win_t *w, const msgpack_object *o);
 void win_free(win_t *w);
 size_t win_memory(const win_t *w);
 
+/* a + b, saturating at the int64 bounds. Nano-dollar sums go through it: a
+ * record may carry up to INT64_MAX, and a sum must not wrap (or, signed,
+ * be undefined). */
+static inline int64_t win_sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
 #endif

@@ -14,7 +14,7 @@
 VERSION   := 0.1.0
 BUILD     ?= build
 CC        ?= cc
-PKGS      := libzmq msgpack libsodium inih jansson libxxhash
+PKGS      := libzmq msgpack libsodium inih jansson libxxhash libpq
 SHELL     := /bin/bash
 
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -35,7 +35,7 @@ endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Itools
+CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Iwriter -Itools
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
 LDLIBS     = $(PKG_LIBS) -lm -lpthread
 
@@ -53,12 +53,16 @@ COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
 AGGREGATOR_LIB := aggregator/cal.c aggregator/ktab.c aggregator/win.c aggregator/snap.c \
                   aggregator/quota.c aggregator/budget.c aggregator/rollup.c \
                   aggregator/sflush.c aggregator/agg.c aggregator/query.c
+# the writer's code, also linked into its tests; its migrations compiled in
+WRITER_LIB := writer/pgw.c $(BUILD)/gen/writer/migrations.c
+MIGRATIONS := $(sort $(wildcard writer/migrations/*.sql))
 # what unit tests and fuzzers link besides libtokmon
-APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB)
+APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB)
 
-BINS := tokmon-collectd tokmon-aggregator tokmon-emit tokmon-tap tokmonctl
+BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-emit tokmon-tap tokmonctl
 tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
 tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
+tokmon-pgwriter_SRC := writer/main.c $(WRITER_LIB)
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c tools/query_client.c
@@ -69,7 +73,7 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
               common/spool_test common/replay_test common/rsub_test common/sketch_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test \
               aggregator/cal_test aggregator/sflush_test aggregator/agg_test \
-              tools/query_client_test
+              writer/pgw_test tools/query_client_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
            fuzz_aggbus fuzz_snapshot fuzz_query
 
@@ -79,7 +83,7 @@ OBJ  = $(BUILD)/obj
 LIB  := $(BUILD)/libtokmon.a
 DEPS_STAMP := build/.deps-ok
 
-obj = $(patsubst %.c,$(OBJ)/%.o,$(1))
+obj = $(patsubst %.c,$(OBJ)/%.o,$(patsubst $(BUILD)/gen/%,%,$(1)))
 
 .PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator run clean chaos
 .DEFAULT_GOAL := all
@@ -96,6 +100,14 @@ deps:
 	@mkdir -p $(dir $(DEPS_STAMP)) && touch $(DEPS_STAMP)
 
 $(OBJ)/%.o: %.c | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+$(BUILD)/gen/writer/migrations.c: scripts/embed.sh $(MIGRATIONS)
+	@mkdir -p $(dir $@)
+	scripts/embed.sh $@ pgw_migrations $(MIGRATIONS)
+
+$(OBJ)/writer/migrations.o: $(BUILD)/gen/writer/migrations.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
 

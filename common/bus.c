@@ -302,6 +302,16 @@ static bool key_is(const msgpack_object *k, const char *s)
            memcmp(k->via.str.ptr, s, n) == 0;
 }
 
+/* A publisher's name is printable ASCII without spaces: consumers keep it
+ * as a key (file names, database rows). */
+static bool src_printable(const char *p, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)p[i] < 0x21 || (unsigned char)p[i] > 0x7e)
+            return false;
+    return true;
+}
+
 int bus_envelope_decode(const void *data, size_t len, msgpack_unpacked *up, bus_msg_t *m,
                         char *err, size_t errcap)
 {
@@ -330,7 +340,7 @@ int bus_envelope_decode(const void *data, size_t len, msgpack_unpacked *up, bus_
             v = val->via.u64;
             have_v = true;
         } else if (key_is(k, "src") && val->type == MSGPACK_OBJECT_STR && val->via.str.size > 0 &&
-                   val->via.str.size <= 256) {
+                   val->via.str.size <= 256 && src_printable(val->via.str.ptr, val->via.str.size)) {
             m->src = span_make(val->via.str.ptr, val->via.str.size);
         } else if (key_is(k, "seq") && val->type == MSGPACK_OBJECT_POSITIVE_INTEGER &&
                    val->via.u64 > 0) {

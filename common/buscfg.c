@@ -63,7 +63,7 @@ bus_pub_t *buscfg_publisher(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer,
 bus_pub_t *buscfg_publisher_at(buscfg_t *b, void *zctx, const cfg_t *cfg, int peer, size_t index,
                                const char *src, char *err, size_t errcap)
 {
-    static const char *const kinds[] = { "collectd", "aggregator", "alerter" };
+    static const char *const kinds[] = { "collectd", "aggregator", "alerter", "pgwriter" };
     const cfg_bus_t *c = &cfg->bus;
     const cfg_peers_t *p = &c->peers[peer];
     if (index >= p->pub.n) {

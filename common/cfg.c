@@ -85,9 +85,11 @@ static const key_t_ bus_keys[] = {
     { "collectd", T_ENDPOINT, K(cfg_bus_t, collectd), "tcp://127.0.0.1:7701", 0, 0, NULL, false },
     { "aggregator", T_ENDPOINT, K(cfg_bus_t, aggregator), "tcp://127.0.0.1:7702", 0, 0, NULL, false },
     { "alerter", T_ENDPOINT, K(cfg_bus_t, alerter), "tcp://127.0.0.1:7703", 0, 0, NULL, false },
+    { "pgwriter", T_ENDPOINT, K(cfg_bus_t, pgwriter), "tcp://127.0.0.1:7704", 0, 0, NULL, false },
     { "collectd_replay", T_ENDPOINT, K(cfg_bus_t, collectd_replay), "", 0, 0, NULL, false },
     { "aggregator_replay", T_ENDPOINT, K(cfg_bus_t, aggregator_replay), "", 0, 0, NULL, false },
     { "alerter_replay", T_ENDPOINT, K(cfg_bus_t, alerter_replay), "", 0, 0, NULL, false },
+    { "pgwriter_replay", T_ENDPOINT, K(cfg_bus_t, pgwriter_replay), "", 0, 0, NULL, false },
     { "curve", T_BOOL, K(cfg_bus_t, curve), "off", 0, 0, NULL, false },
     { "curve_server_key", T_STR, K(cfg_bus_t, curve_server_key), "", 0, 0, NULL, false },
     { "curve_server_public", T_STR, K(cfg_bus_t, curve_server_public), "", 0, 0, NULL, false },
@@ -185,6 +187,15 @@ static const key_t_ budget_keys[] = {
 
 static const key_t_ pgwriter_keys[] = {
     { "database", T_STR, K(cfg_pgwriter_t, database), "", 0, 0, NULL, false },
+    { "src", T_STR, K(cfg_pgwriter_t, src), "", 0, 0, NULL, false },
+    { "batch_rows", T_INT, K(cfg_pgwriter_t, batch_rows), "10000", 1, 1000000, NULL, false },
+    { "batch_time", T_DURATION, K(cfg_pgwriter_t, batch_time), "500ms", 1, 60000, NULL, false },
+    { "raw_retention_days", T_INT, K(cfg_pgwriter_t, raw_retention_days), "90", 1, 36500, NULL, false },
+    { "partitions_ahead", T_INT, K(cfg_pgwriter_t, partitions_ahead), "7", 1, 366, NULL, false },
+    { "rollup_minute_days", T_INT, K(cfg_pgwriter_t, rollup_minute_days), "7", 1, 36500, NULL, false },
+    { "rollup_hour_days", T_INT, K(cfg_pgwriter_t, rollup_hour_days), "365", 1, 36500, NULL, false },
+    { "reconnect_max", T_DURATION, K(cfg_pgwriter_t, reconnect_max), "30s", 100, 3600000, NULL, false },
+    { "maintenance_interval", T_DURATION, K(cfg_pgwriter_t, maintenance_interval), "1h", 1000, 86400000, NULL, false },
     END,
 };
 
@@ -1217,7 +1228,9 @@ static int validate_bus(cfg_t *cfg, void *sect, const char *name, char *err, siz
                  cap) < 0 ||
         peers_of(&b->peers[CFG_PEER_AGGREGATOR], b->aggregator, &b->aggregator_replay, "aggregator",
                  err, cap) < 0 ||
-        peers_of(&b->peers[CFG_PEER_ALERTER], b->alerter, &b->alerter_replay, "alerter", err, cap) < 0)
+        peers_of(&b->peers[CFG_PEER_ALERTER], b->alerter, &b->alerter_replay, "alerter", err, cap) < 0 ||
+        peers_of(&b->peers[CFG_PEER_PGWRITER], b->pgwriter, &b->pgwriter_replay, "pgwriter", err,
+                 cap) < 0)
         return -1;
     return 0; /* the CURVE keys are checked by whoever opens a socket with them */
 }

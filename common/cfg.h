@@ -49,12 +49,12 @@ typedef struct {
     cfg_list_t pub, replay;
 } cfg_peers_t;
 
-enum { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR, CFG_PEER_ALERTER, CFG_NPEERS };
+enum { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR, CFG_PEER_ALERTER, CFG_PEER_PGWRITER, CFG_NPEERS };
 
 typedef struct {
     /* as written: an endpoint, or several separated by commas */
-    char *collectd, *aggregator, *alerter;
-    char *collectd_replay, *aggregator_replay, *alerter_replay; /* default: each PUB port + 10 */
+    char *collectd, *aggregator, *alerter, *pgwriter; /* pgwriter: its stats only */
+    char *collectd_replay, *aggregator_replay, *alerter_replay, *pgwriter_replay; /* default: each PUB port + 10 */
     bool curve;
     char *curve_server_key; /* publishers: the server key pair (tokmonctl keygen --curve) */
     char *curve_server_public; /* subscribers: the servers' public key (Z85) */
@@ -142,7 +142,16 @@ typedef struct {
 } cfg_budget_t;
 
 typedef struct {
-    char *database;
+    char *database;          /* libpq conninfo or URL; "": libpq's PG* environment */
+    char *src;               /* consumer name in bus_offsets and bus publisher name;
+                                default pgwriter@<hostname> */
+    int64_t batch_rows;      /* rows in one COPY transaction at most */
+    int64_t batch_time;      /* ms a row waits for its batch at most */
+    int64_t raw_retention_days; /* llm_events partitions kept */
+    int64_t partitions_ahead;   /* days of llm_events partitions made ahead */
+    int64_t rollup_minute_days, rollup_hour_days; /* llm_rollup rows kept; day rows forever */
+    int64_t reconnect_max;   /* ms: the backoff's cap */
+    int64_t maintenance_interval; /* ms between partition and retention runs */
 } cfg_pgwriter_t;
 
 typedef struct {

@@ -3,6 +3,9 @@
 # deploy/local/tokmon.ini (state under ./run/). DEMO=1 adds demo traffic.
 # Ctrl-C or SIGTERM stops every stage it started (by PID) and waits for them.
 # Every stage's environment overrides work: TOKMON_COLLECTD_UDP=127.0.0.1:18125 make run
+# With no database configured (TOKMON_PGWRITER_DATABASE, `database =` in
+# [pgwriter], PGHOST or PGDATABASE) the writer gets a private PostgreSQL
+# cluster in ./run/pg (scripts/pg.sh), kept between runs, stopped at the end.
 set -u
 BIN=${1:-build/bin}
 export TOKMON_CONFIG=${TOKMON_CONFIG:-deploy/local/tokmon.ini}
@@ -12,6 +15,15 @@ mkdir -p run
 pids=()
 names=()
 stopping=0
+pg_started=0
+dbinfo=
+
+pg_stop() {
+    if [ $pg_started = 1 ]; then
+        pg_started=0
+        scripts/pg.sh stop run/pg || echo "run: could not stop the PostgreSQL cluster in run/pg" >&2
+    fi
+}
 
 start() { # name command...
     local name=$1; shift
@@ -29,11 +41,42 @@ stop_all() {
     for p in "${pids[@]}"; do
         wait "$p" 2>/dev/null
     done
+    pg_stop
 }
 
 trap 'echo; echo "run: stopping"; stop_all; exit 0' INT TERM
+trap 'pg_stop' EXIT
 
-for stage in tokmon-collectd tokmon-aggregator; do
+# a non-empty `database =` in the [pgwriter] section of the config
+cfg_database() {
+    awk '/^[ \t]*\[/ { s = ($0 ~ /^[ \t]*\[[ \t]*pgwriter[ \t]*\]/); next }
+         s && /^[ \t]*database[ \t]*=/ {
+             v = $0; sub(/^[^=]*=/, "", v); sub(/[ \t]+;.*$/, "", v)
+             gsub(/^[ \t]+|[ \t]+$/, "", v); gsub(/^"|"$/, "", v)
+             if (v != "") { print v; exit }
+         }' "$CFG"
+}
+
+stages=(tokmon-collectd tokmon-aggregator)
+[ -x "$BIN/tokmon-pgwriter" ] && stages+=(tokmon-pgwriter)
+
+if [ -n "${TOKMON_PGWRITER_DATABASE:-}" ]; then
+    dbinfo=$TOKMON_PGWRITER_DATABASE
+elif dbinfo=$(cfg_database) && [ -n "$dbinfo" ]; then
+    :
+elif [ -n "${PGHOST:-}" ] || [ -n "${PGDATABASE:-}" ]; then
+    dbinfo=
+else
+    pg_started=1
+    if ! dbinfo=$(scripts/pg.sh start run/pg); then
+        echo "run: could not start the private PostgreSQL cluster in run/pg (see above)" >&2
+        exit 1
+    fi
+    export TOKMON_PGWRITER_DATABASE=$dbinfo
+    echo "run: PostgreSQL for the writer in run/pg: $dbinfo"
+fi
+
+for stage in "${stages[@]}"; do
     if ! "$BIN/$stage" -c "$CFG" -n >/dev/null; then
         "$BIN/$stage" -c "$CFG" -n
         exit 1
@@ -43,6 +86,9 @@ done
 # stages in pipeline order; later stages add themselves here
 start tokmon-collectd "$BIN/tokmon-collectd" -c "$CFG"
 start tokmon-aggregator "$BIN/tokmon-aggregator" -c "$CFG"
+if [ -x "$BIN/tokmon-pgwriter" ]; then
+    start tokmon-pgwriter "$BIN/tokmon-pgwriter" -c "$CFG"
+fi
 
 sleep 0.3
 udp=${TOKMON_COLLECTD_UDP:-$(sed -n 's/^udp *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
@@ -50,6 +96,8 @@ if [ "${DEMO:-0}" = 1 ]; then
     start tokmon-emit "$BIN/tokmon-emit" -c "$CFG" --rate "${DEMO_RATE:-20}" --count 0 --users 200
 fi
 
+psql_target=
+[ -n "$dbinfo" ] && psql_target="\"$dbinfo\" "
 cat <<MSG
 
 tokmon is running ($CFG, state in ./run/). Look at:
@@ -60,6 +108,7 @@ tokmon is running ($CFG, state in ./run/). Look at:
   budgets:                     $BIN/tokmonctl -c $CFG budgets
   top users in the last hour:  $BIN/tokmonctl -c $CFG top --by user --window 1h
   rollups, quotas, budgets:    $BIN/tokmon-tap -c $CFG roll. quota budget | jq .
+  stored calls:                psql $psql_target-c 'select * from daily_usage'
   send one call yourself:      $BIN/tokmon-emit -c $CFG --provider openai --model gpt-4o \\
                                  --user alice --input-tokens 1200 --cache-read-tokens 1000 --output-tokens 300
   or plain StatsD:             echo "llm.tokens:450|c|#provider:openai,model:gpt-4o,user:alice,type:input" \\

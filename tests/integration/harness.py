@@ -22,6 +22,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 BIN = os.environ.get("TOKMON_BIN") or os.path.join(REPO, "build", "bin")
 PRICES_JSON = os.path.join(REPO, "data", "model_prices.json")
 HERE = os.path.dirname(os.path.abspath(__file__))
+PG_SH = os.path.join(REPO, "scripts", "pg.sh")
+PSQL = "/usr/bin/psql"
 
 # Sanitizer builds (make test) print these on a finding; any is a failure.
 SANITIZER_MARKS = ("ERROR: AddressSanitizer", "ERROR: LeakSanitizer", "runtime error:",
@@ -192,6 +194,7 @@ class Env:
         self.dir = tempfile.mkdtemp(prefix="tokmon-it-%s-" % case_name)
         self.procs = []
         self.collectors = []
+        self.postgres = []
         self.notes = []
 
     def path(self, name):
@@ -231,6 +234,12 @@ class Env:
                     problems.append("%s (pid %d) sanitizer report: %s" %
                                     (p.name, p.pid, text[max(0, i - 200):i + 600].strip()))
                     break
+        # after the processes, so a writer stops before its database
+        for pg in self.postgres:
+            try:
+                pg.close(failed or bool(problems))
+            except Exception as e:  # keep closing the others
+                problems.append("%s: %s" % (pg.name, e))
         if not failed and not problems:
             shutil.rmtree(self.dir, ignore_errors=True)
         return problems
@@ -384,6 +393,8 @@ class Collector:
             "aggregator_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
             "alerter": "tcp://127.0.0.1:%d" % free_port(udp=False),
             "alerter_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "pgwriter": "tcp://127.0.0.1:%d" % free_port(udp=False),
+            "pgwriter_replay": "tcp://127.0.0.1:%d" % free_port(udp=False),
         }
         self.sections = sections
         self.write_config()
@@ -510,6 +521,134 @@ class Collector:
         return self.proc.stop(timeout) if self.proc else None
 
 
+# ---- PostgreSQL ----------------------------------------------------------------
+
+def pid_alive(pid):
+    """True while pid is a process that has not exited (a zombie has)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except (OSError, IndexError):
+        return False
+
+
+class Postgres:
+    """A private PostgreSQL 15 cluster (scripts/pg.sh) in env.path(name):
+    unix socket only, on a free port number, trust authentication, database
+    tokmon. start() returns self; stop() and start() again keep the data.
+    Env.close() stops it and removes it with `pg.sh destroy` (which also
+    removes the directory under /var/tmp that pg.sh uses when postgres
+    cannot reach the case's directory); a failed case copies the server log
+    to NAME.log in the case's directory and keeps the data, unless it was
+    under /var/tmp."""
+
+    def __init__(self, env, name="pg", start=False, timeout=60):
+        self.env = env
+        self.name = name
+        self.dir = env.path(name)
+        self.port = free_port(udp=False)
+        self.timeout = timeout
+        self.conninfo = None
+        self.closed = False
+        os.makedirs(self.dir, exist_ok=True)
+        if os.geteuid() == 0:
+            # the postgres user runs the server: let it traverse (not list)
+            # the case's directory, so the cluster can live in it; when it
+            # still cannot reach it, pg.sh keeps the cluster under /var/tmp
+            os.chmod(env.dir, 0o711)
+        env.postgres.append(self)
+        if start:
+            self.start()
+
+    def _pg_sh(self, *args, timeout=None):
+        return run([PG_SH] + list(args), timeout=timeout or self.timeout + 20,
+                   env={"TOKMON_PG_FAST": "1", "TOKMON_PG_TIMEOUT": str(self.timeout)})
+
+    def start(self):
+        rc, out, err = self._pg_sh("start", self.dir, str(self.port))
+        lines = out.strip().splitlines()
+        if rc != 0 or len(lines) != 1 or not lines[0].startswith("host="):
+            raise CaseFailure("pg.sh start %s: status %d: %s%s" % (self.dir, rc, out, err.strip()[-1500:]))
+        self.conninfo = lines[0]
+        self.port = int(self.conninfo.split("port=")[1].split()[0])
+        if err.strip():
+            self.env.notes.append(err.strip().splitlines()[-1])
+        return self
+
+    def stop(self, timeout=5.0):
+        """Fast shutdown; returns when the postmaster process is gone."""
+        pid = self.pid()
+        rc, out, err = self._pg_sh("stop", self.dir)
+        if rc != 0:
+            raise CaseFailure("pg.sh stop %s: status %d: %s" % (self.dir, rc, err.strip()[-1500:]))
+        # pg_ctl returns once postmaster.pid is gone, a moment before the exit
+        deadline = time.monotonic() + timeout
+        while pid and pid_alive(pid):
+            if time.monotonic() > deadline:
+                raise CaseFailure("%s: postmaster %d still running %.0f s after stop" % (self.name, pid, timeout))
+            time.sleep(0.01)
+
+    def running(self):
+        return self._pg_sh("status", self.dir)[0] == 0
+
+    def pid(self):
+        """The postmaster's PID (DIR/data/postmaster.pid), or None."""
+        try:
+            with open(os.path.join(self.dir, "data", "postmaster.pid")) as f:
+                return int(f.readline())
+        except (OSError, ValueError):
+            return None
+
+    def log(self):
+        try:
+            with open(os.path.join(self.dir, "log"), "rb") as f:
+                return f.read().decode("utf-8", "replace")
+        except OSError:
+            return ""
+
+    def psql(self, sql, timeout=20):
+        """Runs sql (one or more statements, in one transaction unless it
+        says otherwise) with psql and returns the rows they return, each a
+        list of strings (NULL and '' are both ""; a value holding a newline
+        or a tab splits wrongly: select something simpler)."""
+        check(self.conninfo, "%s: psql before start()", self.name)
+        rc, out, err = run([PSQL, "-X", "-q", "-A", "-t", "-F", "\t", "-v", "ON_ERROR_STOP=1",
+                            "-c", sql, self.conninfo], timeout=timeout)
+        if rc != 0:
+            raise CaseFailure("psql %r: status %d: %s" % (sql[:200], rc, err.strip()[-1000:]))
+        if out == "":
+            return []
+        return [line.split("\t") for line in out[:-1].split("\n")] if out.endswith("\n") else \
+            [line.split("\t") for line in out.split("\n")]
+
+    def scalar(self, sql, timeout=20):
+        """The single value sql returns (None when it returns no row)."""
+        rows = self.psql(sql, timeout)
+        check(len(rows) <= 1 and all(len(r) == 1 for r in rows),
+              "%s: expected one value from %r, got %r", self.name, sql[:200], rows[:5])
+        return rows[0][0] if rows else None
+
+    def close(self, failed):
+        """Stops the server; removes the cluster unless the case failed."""
+        if self.closed:
+            return
+        self.closed = True
+        verbs = ["destroy"]
+        if failed:
+            verbs = ["stop"]
+            if os.path.exists(os.path.join(self.dir, "home")):  # data under /var/tmp: do not leave it
+                verbs.append("destroy")
+        for verb in verbs:
+            rc, out, err = self._pg_sh(verb, self.dir)
+            if rc != 0:
+                raise CaseFailure("pg.sh %s %s: status %d: %s" % (verb, self.dir, rc, err.strip()[-800:]))
+            if verb == "stop":
+                text = self.log()
+                if text:
+                    with open(self.env.path(self.name + ".log"), "w") as f:
+                        f.write(text)
+
+
 # ---- registry ----------------------------------------------------------------
 
 CASES = []
@@ -622,3 +761,124 @@ class Aggregator:
             else:
                 last = "tokmonctl stats: status %d: %s" % (rc, err.strip())
         raise CaseFailure(last)
+
+
+# ---- the PostgreSQL writer ---------------------------------------------------
+
+class Writer:
+    """tokmon-pgwriter reading a Collector's bus (its collectors and
+    aggregators) into a Postgres, with the collector's config plus a
+    [pgwriter] section (database = the cluster's conninfo, src = "it-NAME",
+    batch_time 50ms unless pgwriter overrides) and sections (budgets and
+    quotas to mirror: give it the aggregator's). bus overrides [bus] keys
+    (a second writer needs its own pgwriter endpoints). start() waits until
+    it has connected (schema migrated, partitions made) unless told not to."""
+
+    def __init__(self, env, collector, pg, name="pgwriter", pgwriter=None, sections="", bus=None,
+                 start=True):
+        self.env = env
+        self.c = collector
+        self.pg = pg
+        self.name = name
+        self.src = "it-" + name
+        keys = {"database": pg.conninfo, "src": self.src, "batch_time": "50ms",
+                "reconnect_max": "1s"}
+        if pgwriter:
+            keys.update(pgwriter)
+        self.keys = keys
+        self.bus = dict(collector.bus)
+        if bus:
+            self.bus.update(bus)
+        self.sections = sections
+        self.cfg_path = env.path(name + ".ini")
+        self.write_config()
+        self.proc = None
+        self.procs = []  # every process started as this writer, oldest first
+        if start:
+            self.start()
+
+    def config_text(self):
+        text = ["; generated by tests/integration/harness.py", "[global]"]
+        text += ["%s = %s" % kv for kv in self.c.global_keys.items()]
+        text += ["", "[bus]"] + ["%s = %s" % kv for kv in self.bus.items()]
+        text += ["", "[collectd]"] + ["%s = %s" % kv for kv in self.c.keys.items() if kv[1] is not None]
+        text += ["", "[pgwriter]"] + ["%s = %s" % kv for kv in self.keys.items() if kv[1] is not None]
+        text += ["", self.sections, ""]
+        return "\n".join(text)
+
+    def write_config(self):
+        with open(self.cfg_path, "w") as f:
+            f.write(self.config_text())
+
+    def spawn(self):
+        """Starts the process without waiting for anything."""
+        self.proc = self.env.spawn("%s-%d" % (self.name, len(self.procs)),
+                                   [bin_path("tokmon-pgwriter"), "-c", self.cfg_path])
+        self.procs.append(self.proc)
+        return self.proc
+
+    def start(self, timeout=30.0, connected=True):
+        self.spawn()
+        return self.wait_started(timeout, connected)
+
+    def wait_started(self, timeout=30.0, connected=True):
+        mark = "connected to PostgreSQL" if connected else 'msg="started"'
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.proc.stderr()
+            if mark in log:
+                return self
+            if not self.proc.alive():
+                raise CaseFailure("%s exited with status %r at start: %s" %
+                                  (self.name, self.proc.p.returncode, log.strip()[-800:]))
+            time.sleep(0.02)
+        raise CaseFailure("%s did not log %r within %.0f s: %s" % (self.name, mark, timeout,
+                                                                  self.proc.stderr()[-800:]))
+
+    def kill9(self):
+        self.proc.signal(signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self, timeout=10.0):
+        return self.proc.stop(timeout) if self.proc else None
+
+    def log(self):
+        """The logs of every process started as this writer, in order."""
+        return "".join(p.stderr() for p in self.procs)
+
+    def ctl(self, *args, timeout=20):
+        return run([bin_path("tokmonctl"), "-c", self.cfg_path] + list(args), timeout=timeout)
+
+    def stats(self, timeout=0.8):
+        """This writer's counters, from `tokmonctl stats --json`."""
+        last = ""
+        for _ in range(6):
+            rc, out, err = self.ctl("stats", "--json", "--timeout", str(timeout))
+            if rc == 0:
+                for obj in json.loads(out):
+                    if obj.get("daemon") == "tokmon-pgwriter" and obj.get("src") == self.src:
+                        return Stats(obj)
+                last = "no tokmon-pgwriter with src %s in %s" % (self.src, out[:300])
+            else:
+                last = "tokmonctl stats: status %d: %s" % (rc, err.strip())
+        raise CaseFailure(last)
+
+    def wait_value(self, sql, pred, timeout=30.0, what=None):
+        """Polls sql (one value) until pred(value) is true; returns it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            v = self.pg.scalar(sql)
+            if pred(v):
+                return v
+            if not self.proc.alive():
+                raise CaseFailure("%s exited (status %r) while waiting for %s: %s" %
+                                  (self.name, self.proc.p.returncode, what or sql, self.log()[-800:]))
+            if time.monotonic() > deadline:
+                raise CaseFailure("%s not reached in %.0f s (last %r): %s" %
+                                  (what or sql, timeout, v, self.log()[-600:]))
+            time.sleep(0.1)
+
+    def wait_rows(self, n, table="llm_events", timeout=30.0):
+        """Waits until table holds at least n rows; returns the count."""
+        return int(self.wait_value("select count(*) from %s" % table, lambda v: int(v) >= n, timeout,
+                                   "%d rows in %s" % (n, table)))

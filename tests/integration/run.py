@@ -35,6 +35,7 @@ import cases_chaos  # noqa: E402,F401
 import cases_bus  # noqa: E402,F401
 import cases_aggregator  # noqa: E402,F401
 import cases_deploy  # noqa: E402,F401
+import cases_pg  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):

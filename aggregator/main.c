@@ -193,20 +193,7 @@ static void snapshot(aggd_t *d, const char *why)
 
 static void publish_stats(aggd_t *d)
 {
-    msgpack_packer pk;
-    buscfg_pub_stats(d->pub, d->stats);
-    buscfg_rsub_stats(d->rsub, d->stats);
-    mbuf_reset(&d->statsbuf);
-    mbuf_packer(&d->statsbuf, &pk);
-    stats_pack(d->stats, &pk, tmtime_now_ns());
-    bus_pub_send(d->pub, "stats", MSG_KIND_STATS, d->statsbuf.data, d->statsbuf.len, NULL, 0);
-}
-
-static void print_one(const char *name, const char *labels, int64_t value, bool gauge, void *arg)
-{
-    (void)arg;
-    log_info("stat", "name=%s labels=\"%s\" value=%lld type=%s", name, labels, (long long)value,
-             gauge ? "gauge" : "counter");
+    buscfg_send_stats(d->pub, d->rsub, d->stats, &d->statsbuf);
 }
 
 /* Answers every waiting request: [identity frames..., empty, request]. */
@@ -284,7 +271,7 @@ static void on_signal(aggd_t *d)
             break;
         case SIGUSR1:
             agg_update_gauges(d->agg);
-            stats_each(d->stats, print_one, NULL);
+            stats_log(d->stats);
             break;
         default:
             break;

@@ -171,20 +171,7 @@ static void reload(collectd_t *c)
 
 static void publish_stats(collectd_t *c)
 {
-    msgpack_packer pk;
-    int64_t now = tmtime_now_ns();
-    buscfg_pub_stats(c->pub, c->stats);
-    mbuf_reset(&c->statsbuf);
-    mbuf_packer(&c->statsbuf, &pk);
-    stats_pack(c->stats, &pk, now);
-    bus_pub_send(c->pub, "stats", MSG_KIND_STATS, c->statsbuf.data, c->statsbuf.len, NULL, 0);
-}
-
-static void print_one(const char *name, const char *labels, int64_t value, bool gauge, void *arg)
-{
-    (void)arg;
-    log_info("stat", "name=%s labels=\"%s\" value=%lld type=%s", name, labels, (long long)value,
-             gauge ? "gauge" : "counter");
+    buscfg_send_stats(c->pub, NULL, c->stats, &c->statsbuf);
 }
 
 /* ---- loop --------------------------------------------------------------- */
@@ -203,7 +190,7 @@ static void on_signal(collectd_t *c)
             reload(c);
             break;
         case SIGUSR1:
-            stats_each(c->stats, print_one, NULL);
+            stats_log(c->stats);
             break;
         default:
             break;

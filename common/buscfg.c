@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "msg.h"
+#include "tmtime.h"
 #include "xalloc.h"
 
 int buscfg_init(buscfg_t *b, void *zctx, const cfg_t *cfg, bool publisher, bool subscriber,
@@ -155,4 +157,16 @@ void buscfg_rsub_stats(const rsub_t *r, stats_t *st)
     *stats_counter(st, "bus_replays_total", NULL) = (int64_t)c->replays;
     *stats_counter(st, "bus_malformed_total", NULL) = (int64_t)c->malformed;
     *stats_counter(st, "bus_publisher_resets_total", NULL) = (int64_t)c->resets;
+}
+
+void buscfg_send_stats(bus_pub_t *pub, const rsub_t *rsub, stats_t *st, mbuf_t *buf)
+{
+    msgpack_packer pk;
+    buscfg_pub_stats(pub, st);
+    if (rsub)
+        buscfg_rsub_stats(rsub, st);
+    mbuf_reset(buf);
+    mbuf_packer(buf, &pk);
+    stats_pack(st, &pk, tmtime_now_ns());
+    bus_pub_send(pub, "stats", MSG_KIND_STATS, buf->data, buf->len, NULL, 0);
 }

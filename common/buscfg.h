@@ -11,6 +11,7 @@
 #include "bus.h"
 #include "cfg.h"
 #include "curve.h"
+#include "mbuf.h"
 #include "rsub.h"
 #include "stats.h"
 
@@ -52,6 +53,10 @@ rsub_t *buscfg_subscriber(buscfg_t *b, void *zctx, const cfg_t *cfg, const int *
 /* Sets a plain subscriber socket up as a CURVE client when curve is on
  * (before it connects). Returns 0 or -1. */
 int buscfg_client_socket(buscfg_t *b, void *sock);
+
+/* A stage's `stats` message: copies pub's counters (and rsub's, unless
+ * NULL) into st, packs st into buf and sends it on pub. */
+void buscfg_send_stats(bus_pub_t *pub, const rsub_t *rsub, stats_t *st, mbuf_t *buf);
 
 /* Copies a publisher's or subscriber's counters into a stage's stats. */
 void buscfg_pub_stats(const bus_pub_t *pub, stats_t *st);

@@ -177,21 +177,7 @@ static void flush(writer_t *d, int64_t now)
 
 static void publish_stats(writer_t *d)
 {
-    msgpack_packer pk;
-    buscfg_pub_stats(d->pub, d->stats);
-    if (d->rsub)
-        buscfg_rsub_stats(d->rsub, d->stats);
-    mbuf_reset(&d->statsbuf);
-    mbuf_packer(&d->statsbuf, &pk);
-    stats_pack(d->stats, &pk, tmtime_now_ns());
-    bus_pub_send(d->pub, "stats", MSG_KIND_STATS, d->statsbuf.data, d->statsbuf.len, NULL, 0);
-}
-
-static void print_one(const char *name, const char *labels, int64_t value, bool gauge, void *arg)
-{
-    (void)arg;
-    log_info("stat", "name=%s labels=\"%s\" value=%lld type=%s", name, labels, (long long)value,
-             gauge ? "gauge" : "counter");
+    buscfg_send_stats(d->pub, d->rsub, d->stats, &d->statsbuf);
 }
 
 static void on_signal(writer_t *d)
@@ -209,7 +195,7 @@ static void on_signal(writer_t *d)
             log_info("SIGHUP: the writer's settings take effect on restart", NULL);
             break;
         case SIGUSR1:
-            stats_each(d->stats, print_one, NULL);
+            stats_log(d->stats);
             break;
         default:
             break;

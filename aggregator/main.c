@@ -271,7 +271,7 @@ static void on_signal(aggd_t *d)
             break;
         case SIGUSR1:
             agg_update_gauges(d->agg);
-            stats_log(d->stats);
+            log_stats(d->stats);
             break;
         default:
             break;

@@ -190,7 +190,7 @@ static void on_signal(collectd_t *c)
             reload(c);
             break;
         case SIGUSR1:
-            stats_log(c->stats);
+            log_stats(c->stats);
             break;
         default:
             break;

@@ -6,6 +6,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "stats.h"
 #include "utf8.h"
 
 #define LOG_LINE_MAX 4096
@@ -315,3 +316,12 @@ void log_release(log_complain_t *c, const char *msg, const char *kvfmt, ...)
     va_end(ap);
     *c = (log_complain_t){ 0 };
 }
+
+static void log_one_stat(const char *name, const char *labels, int64_t value, bool gauge, void *arg)
+{
+    (void)arg;
+    log_info("stat", "name=%s labels=\"%s\" value=%lld type=%s", name, labels, (long long)value,
+             gauge ? "gauge" : "counter");
+}
+
+void log_stats(const struct stats *st) { stats_each(st, log_one_stat, NULL); }

@@ -58,4 +58,9 @@ void log_release(log_complain_t *c, const char *msg, const char *kvfmt, ...)
 
 const char *log_level_name(log_level_t level);
 
+/* Logs every series of a stage's counters at info, one line each (what a
+ * daemon does on SIGUSR1). */
+struct stats;
+void log_stats(const struct stats *st);
+
 #endif

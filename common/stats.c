@@ -6,7 +6,6 @@
 #include <time.h>
 #include <unistd.h>
 
-#include "log.h"
 #include "msg.h"
 #include "xalloc.h"
 
@@ -176,12 +175,3 @@ void stats_each(const stats_t *st,
     if (st->overflow)
         fn("stats_overflow_total", "", st->overflow, false, arg);
 }
-
-static void log_one(const char *name, const char *labels, int64_t value, bool gauge, void *arg)
-{
-    (void)arg;
-    log_info("stat", "name=%s labels=\"%s\" value=%lld type=%s", name, labels, (long long)value,
-             gauge ? "gauge" : "counter");
-}
-
-void stats_log(const stats_t *st) { stats_each(st, log_one, NULL); }

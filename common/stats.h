@@ -33,9 +33,6 @@ int64_t *stats_counter2(stats_t *st, const char *name, const char *k1, const cha
 /* Packs the body of a `stats` message. */
 void stats_pack(const stats_t *st, msgpack_packer *pk, int64_t now_ns);
 
-/* Logs every series at info, one line each (a daemon's SIGUSR1). */
-void stats_log(const stats_t *st);
-
 /* Calls fn for every series, in creation order. */
 void stats_each(const stats_t *st,
                 void (*fn)(const char *name, const char *labels, int64_t value, bool gauge, void *arg),

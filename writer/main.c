@@ -195,7 +195,7 @@ static void on_signal(writer_t *d)
             log_info("SIGHUP: the writer's settings take effect on restart", NULL);
             break;
         case SIGUSR1:
-            stats_log(d->stats);
+            log_stats(d->stats);
             break;
         default:
             break;

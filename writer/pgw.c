@@ -22,6 +22,8 @@
 /* advisory lock keys: migrations, partitions and retention */
 #define LOCK_MIGRATE 0x746f6b6d6f6e0001LL
 #define LOCK_PARTITIONS 0x746f6b6d6f6e0002LL
+/* the mirror of the config: writers starting together take turns */
+#define LOCK_MIRROR 0x746f6b6d6f6e0003LL
 
 /* ---- the tables a batch writes ------------------------------------------ */
 
@@ -32,6 +34,7 @@ typedef struct {
     const char *copy;  /* COPY ... FROM STDIN */
     const char *merge; /* after the COPY into a staging table; NULL: none */
     uint16_t nfields;
+    const char *clear; /* empties the staging table (between parts of a careful write) */
 } table_def_t;
 
 static const table_def_t tables[T_N] = {
@@ -41,7 +44,7 @@ static const table_def_t tables[T_N] = {
                    "cache_write_tokens, cache_write_1h_tokens, output_tokens, reasoning_tokens, "
                    "requests, latency_us, ttft_us, cost_nusd, cost_source, price_version, "
                    "http_status, retries, signed, key_id, tags) FROM STDIN (FORMAT binary)",
-                   NULL, 28 },
+                   NULL, 28, NULL },
     [T_ROLLUP] = { "llm_rollup",
                    "COPY pg_temp.rollup_in (grain, dim, bucket_start, bucket_end, provider, model, "
                    "operation, status, key, src, shard, shards, rev, requests, errors, "
@@ -70,7 +73,7 @@ static const table_def_t tables[T_N] = {
                    "reasoning_tokens = excluded.reasoning_tokens, cost_nusd = excluded.cost_nusd, "
                    "latency = excluded.latency, ttft = excluded.ttft "
                    "WHERE llm_rollup.rev <= excluded.rev",
-                   25 },
+                   25, "DELETE FROM pg_temp.rollup_in" },
     [T_BUDGET] = { "budget_state",
                    "COPY pg_temp.budget_in (name, scope, scope_value, period, src, period_start, "
                    "period_end, limit_nusd, rollover_nusd, spent_nusd, remaining_nusd, "
@@ -95,18 +98,18 @@ static const table_def_t tables[T_N] = {
                    "exhaust_ts = excluded.exhaust_ts, warn_pct = excluded.warn_pct, "
                    "state = excluded.state, partial = excluded.partial, shard = excluded.shard, "
                    "shards = excluded.shards, ts = excluded.ts WHERE budget_state.ts <= excluded.ts",
-                   21 },
+                   21, "DELETE FROM pg_temp.budget_in" },
     [T_CROSSING] = { "budget_crossings",
                      "COPY pg_temp.crossing_in (name, scope_value, period_start, crossing, src, "
                      "crossed_ts, spent_nusd, limit_nusd) FROM STDIN (FORMAT binary)",
                      "INSERT INTO budget_crossings SELECT * FROM pg_temp.crossing_in "
                      "ON CONFLICT DO NOTHING",
-                     8 },
+                     8, "DELETE FROM pg_temp.crossing_in" },
     [T_QUOTA] = { "quota_history",
                   "COPY pg_temp.quota_in (ts, subject, id, \"window\", unit, state, prev, used, "
                   "\"limit\", src) FROM STDIN (FORMAT binary)",
                   "INSERT INTO quota_history SELECT * FROM pg_temp.quota_in ON CONFLICT DO NOTHING",
-                  10 },
+                  10, "DELETE FROM pg_temp.quota_in" },
 };
 
 static const char temp_tables_sql[] =
@@ -138,6 +141,7 @@ typedef struct {
     pgcopy_t rows;
     rowinfo_t *info;
     size_t icap;
+    size_t refused; /* rows of this batch PostgreSQL refused (now in dead_letter) */
 } table_t;
 
 struct pgw {
@@ -673,20 +677,39 @@ static void set_err(pgw_t *w, const PGresult *r, const char *what, char *err, si
     while (n && (m[n - 1] == '\n' || m[n - 1] == ' '))
         n--;
     snprintf(err, cap, "%s: %.*s", what, (int)n, m);
+    /* one line, no double quotes: it goes into log lines and dead_letter */
+    for (char *p = err; *p; p++)
+        if (*p == '\n' || *p == '\r' || *p == '\t')
+            *p = ' ';
+        else if (*p == '"')
+            *p = '\'';
 }
 
 /* Runs sql (one or more statements) and returns PG_OK, or the failure. */
-static pgres_t exec(pgw_t *w, const char *sql, char *err, size_t cap)
+static pgres_t exec_as(pgw_t *w, const char *sql, const char *what, char *err, size_t cap)
 {
     PGresult *r = PQexec(w->conn, sql);
     ExecStatusType s = PQresultStatus(r);
     pgres_t rc = PG_OK;
     if (s != PGRES_COMMAND_OK && s != PGRES_TUPLES_OK) {
         rc = classify(w, r);
-        set_err(w, r, sql, err, cap);
+        set_err(w, r, what, err, cap);
     }
     PQclear(r);
     return rc;
+}
+
+static pgres_t exec(pgw_t *w, const char *sql, char *err, size_t cap)
+{
+    return exec_as(w, sql, sql, err, cap);
+}
+
+/* The merge of a staging table into its table (errors say which). */
+static pgres_t merge(pgw_t *w, const table_def_t *def, char *err, size_t cap)
+{
+    char what[64];
+    snprintf(what, sizeof what, "merge into %s", def->name);
+    return exec_as(w, def->merge, what, err, cap);
 }
 
 /* COPY of rows [from, to) of c. */
@@ -721,16 +744,21 @@ static pgres_t copy_rows(pgw_t *w, const char *sql, const pgcopy_t *c, size_t fr
 }
 
 /* Sends rows [from, to) of table t, each half on its own after a refusal,
- * down to the single rows PostgreSQL refuses, which go to dead_letter. */
-static pgres_t copy_careful(pgw_t *w, const char *sql, table_t *t, const char *kind, size_t from,
-                            size_t to, char *err, size_t cap)
+ * down to the single rows PostgreSQL refuses, which go to dead_letter. A
+ * table written through a staging table is merged part by part, so a row
+ * the merge refuses is found the same way. */
+static pgres_t copy_careful(pgw_t *w, const table_def_t *def, table_t *t, const char *kind,
+                            size_t from, size_t to, char *err, size_t cap)
 {
     if (from >= to)
         return PG_OK;
     pgres_t rc = exec(w, "SAVEPOINT part", err, cap);
     if (rc)
         return PG_CONN;
-    rc = copy_rows(w, sql, &t->rows, from, to, err, cap);
+    rc = copy_rows(w, def->copy, &t->rows, from, to, err, cap);
+    if (rc == PG_OK && def->merge && (rc = merge(w, def, err, cap)) == PG_OK &&
+        exec(w, def->clear, err, cap))
+        return PG_CONN;
     if (rc == PG_OK)
         return exec(w, "RELEASE SAVEPOINT part", err, cap) ? PG_CONN : PG_OK;
     if (rc == PG_CONN)
@@ -743,6 +771,7 @@ static pgres_t copy_careful(pgw_t *w, const char *sql, table_t *t, const char *k
         const rowinfo_t *ri = &t->info[from];
         const char *reason = strncmp(why, "COPY: ", 6) ? why : why + 6;
         (*w->c_bad)++;
+        t->refused++;
         log_warn("PostgreSQL refused a record; it goes to dead_letter", "src=%s seq=%" PRIu64
                  " topic=%s reason=\"%s\"", w->srcs[ri->src], ri->seq, ri->topic, reason);
         dead_row(w, w->srcs[ri->src], ri->seq, ri->topic, kind, reason, w->raw.data + ri->raw_off,
@@ -750,9 +779,9 @@ static pgres_t copy_careful(pgw_t *w, const char *sql, table_t *t, const char *k
         return PG_OK;
     }
     size_t mid = from + (to - from) / 2;
-    rc = copy_careful(w, sql, t, kind, from, mid, err, cap);
+    rc = copy_careful(w, def, t, kind, from, mid, err, cap);
     if (rc == PG_OK)
-        rc = copy_careful(w, sql, t, kind, mid, to, err, cap);
+        rc = copy_careful(w, def, t, kind, mid, to, err, cap);
     return rc;
 }
 
@@ -821,6 +850,8 @@ static pgres_t write_batch(pgw_t *w, const pgw_pos_t *pos, size_t npos, bool car
 {
     static const char *const kinds[T_N] = { MSG_KIND_USAGE, MSG_KIND_ROLLUP, MSG_KIND_BUDGET,
                                             MSG_KIND_BUDGET, MSG_KIND_QUOTA };
+    for (int i = 0; i < T_N; i++)
+        w->t[i].refused = 0;
     pgres_t rc = exec(w, "BEGIN", err, cap);
     if (rc)
         return PG_CONN;
@@ -837,11 +868,12 @@ static pgres_t write_batch(pgw_t *w, const pgw_pos_t *pos, size_t npos, bool car
         table_t *t = &w->t[i];
         if (!t->rows.n)
             continue;
-        rc = careful ? copy_careful(w, tables[i].copy, t, kinds[i], 0, t->rows.n, err, cap)
+        rc = careful ? copy_careful(w, &tables[i], t, kinds[i], 0, t->rows.n, err, cap)
                      : copy_rows(w, tables[i].copy, &t->rows, 0, t->rows.n, err, cap);
         if (rc)
             goto fail;
-        if (tables[i].merge && (rc = exec(w, tables[i].merge, err, cap)))
+        /* (careful: merged part by part already) */
+        if (!careful && tables[i].merge && (rc = merge(w, &tables[i], err, cap)))
             goto fail;
     }
     if (w->dead.n && (rc = copy_rows(w, dead_copy_sql, &w->dead, 0, w->dead.n, err, cap)))
@@ -895,11 +927,9 @@ int pgw_flush(pgw_t *w, const pgw_pos_t *pos, size_t npos, char *err, size_t cap
     for (size_t i = 0; i < w->nwant; i++)
         insert_day(&w->days, &w->ndays, &w->cdays, w->want[i]);
     *w->g_partitions = (int64_t)w->ndays;
-    for (int i = 0; i < T_N; i++) {
-        size_t n = rows[i];
-        if (i == T_EVENTS || i == T_ROLLUP || i == T_BUDGET || i == T_CROSSING || i == T_QUOTA)
-            *w->c_rows[i] += (int64_t)n;
-    }
+    /* the rows stored: those refused went to dead_letter */
+    for (int i = 0; i < T_N; i++)
+        *w->c_rows[i] += (int64_t)(rows[i] - w->t[i].refused);
     int64_t now = tmtime_now_ns();
     (*w->c_batches)++;
     *w->g_batch_rows = (int64_t)pgw_pending(w);
@@ -1041,9 +1071,12 @@ static int mirror_config(pgw_t *w, char *err, size_t cap)
 {
     const cfg_t *cfg = w->o.cfg;
     static const char *const periods[] = { "day", "week", "month" };
-    char e2[256];
-    if (exec(w, "BEGIN", err, cap) || exec(w, "DELETE FROM budgets", err, cap) ||
-        exec(w, "DELETE FROM quota_limits", err, cap))
+    char e2[256], lock[96];
+    /* under a lock: without it, a writer's DELETE misses the rows another
+     * is inserting, and its INSERTs then fail on their primary keys */
+    snprintf(lock, sizeof lock, "SELECT pg_advisory_xact_lock(%lld)", (long long)LOCK_MIRROR);
+    if (exec(w, "BEGIN", err, cap) || exec(w, lock, err, cap) ||
+        exec(w, "DELETE FROM budgets", err, cap) || exec(w, "DELETE FROM quota_limits", err, cap))
         goto fail;
     for (size_t i = 0; i < cfg->nbudgets; i++) {
         const cfg_budget_t *b = &cfg->budgets[i];
@@ -1166,9 +1199,11 @@ pgw_t *pgw_new(const pgw_opts_t *o)
     w->o = *o;
     w->c = &o->cfg->pgwriter;
     stats_t *st = o->stats;
-    for (int i = 0; i < T_N; i++)
-        w->c_rows[i] = stats_counter2(st, "pgw_rows_total", "table", tables[i].name,
-                                      strlen(tables[i].name), NULL, NULL, 0, 8);
+    for (int i = 0; i < T_N; i++) {
+        char labels[64];
+        snprintf(labels, sizeof labels, "table=%s", tables[i].name);
+        w->c_rows[i] = stats_counter(st, "pgw_rows_total", labels);
+    }
     w->c_dead = stats_counter(st, "pgw_dead_letter_total", NULL);
     w->c_bad = stats_counter(st, "pgw_refused_records_total", NULL);
     w->c_unexpected = stats_counter(st, "pgw_unexpected_messages_total", NULL);

@@ -36,6 +36,7 @@ import cases_bus  # noqa: E402,F401
 import cases_aggregator  # noqa: E402,F401
 import cases_deploy  # noqa: E402,F401
 import cases_pg  # noqa: E402,F401
+import cases_pgwriter  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):

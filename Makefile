@@ -14,7 +14,7 @@
 VERSION   := 0.1.0
 BUILD     ?= build
 CC        ?= cc
-PKGS      := libzmq msgpack libsodium inih jansson libxxhash libpq
+PKGS      := libzmq msgpack libsodium inih jansson libxxhash libpq libmicrohttpd libprotobuf-c libcurl zlib snappy
 SHELL     := /bin/bash
 
 WARN      := -Wall -Wextra -Wshadow -Wstrict-prototypes -Wmissing-prototypes \
@@ -35,7 +35,7 @@ endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Iwriter -Itools
+CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Iwriter -Iexporter -I$(BUILD)/gen/exporter -Itools
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
 LDLIBS     = $(PKG_LIBS) -lm -lpthread
 
@@ -56,13 +56,26 @@ AGGREGATOR_LIB := aggregator/cal.c aggregator/ktab.c aggregator/win.c aggregator
 # the writer's code, also linked into its tests; its migrations compiled in
 WRITER_LIB := writer/pgw.c $(BUILD)/gen/writer/migrations.c
 MIGRATIONS := $(sort $(wildcard writer/migrations/*.sql))
+# the exporter's code, also linked into its tests (one line per module)
+EXPORTER_LIB :=
+EXPORTER_LIB += exporter/model.c
+EXPORTER_LIB += tools/query_client.c
+EXPORTER_LIB += exporter/api.c
+# query_client_test includes tools/query_client.c whole: link it without the object
+$(BUILD)/test/tools/query_client_test: APP_LIB = $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB) \
+    $(filter-out tools/query_client.c,$(EXPORTER_LIB))
+EXPORTER_LIB += exporter/loki.c
+EXPORTER_LIB += exporter/web.c
+EXPORTER_LIB += $(BUILD)/gen/exporter/remote.pb-c.c
+EXPORTER_LIB += exporter/rw.c
 # what unit tests and fuzzers link besides libtokmon
-APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB)
+APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB) $(EXPORTER_LIB)
 
-BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-emit tokmon-tap tokmonctl
+BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-exporter tokmon-emit tokmon-tap tokmonctl
 tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
 tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
 tokmon-pgwriter_SRC := writer/main.c $(WRITER_LIB)
+tokmon-exporter_SRC := exporter/main.c $(EXPORTER_LIB) aggregator/ktab.c aggregator/cal.c
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c tools/query_client.c
@@ -73,7 +86,9 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
               common/spool_test common/replay_test common/rsub_test common/sketch_test \
               collectd/statsd_test collectd/event_test collectd/ingest_test \
               aggregator/cal_test aggregator/sflush_test aggregator/agg_test \
-              writer/pgw_test tools/query_client_test
+              writer/pgw_test tools/query_client_test exporter/loki_test exporter/model_test \
+              exporter/rw_test
+UNIT_TESTS += exporter/api_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
            fuzz_aggbus fuzz_snapshot fuzz_query
 
@@ -85,7 +100,7 @@ DEPS_STAMP := build/.deps-ok
 
 obj = $(patsubst %.c,$(OBJ)/%.o,$(patsubst $(BUILD)/gen/%,%,$(1)))
 
-.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator run clean chaos
+.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator bench-exporter run clean chaos
 .DEFAULT_GOAL := all
 
 all: $(addprefix $(BUILD)/bin/,$(BINS))
@@ -110,6 +125,20 @@ $(BUILD)/gen/writer/migrations.c: scripts/embed.sh $(MIGRATIONS)
 $(OBJ)/writer/migrations.o: $(BUILD)/gen/writer/migrations.c | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -c $< -o $@
+
+# remote write's protobuf messages (exporter/remote.proto) through protoc-c;
+# one run makes both files (a grouped target, GNU make 4.3), and what
+# includes the header waits for it. The generated code casts const away in
+# its initialisers, hence -Wno-cast-qual.
+$(BUILD)/gen/exporter/remote.pb-c.c $(BUILD)/gen/exporter/remote.pb-c.h &: exporter/remote.proto | $(DEPS_STAMP)
+	@mkdir -p $(BUILD)/gen/exporter
+	protoc-c --c_out=$(BUILD)/gen/exporter --proto_path=exporter exporter/remote.proto
+
+$(OBJ)/exporter/remote.pb-c.o: $(BUILD)/gen/exporter/remote.pb-c.c $(BUILD)/gen/exporter/remote.pb-c.h | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) -Wno-cast-qual -c $< -o $@
+
+$(OBJ)/exporter/rw.o $(BUILD)/test/exporter/rw_test: $(BUILD)/gen/exporter/remote.pb-c.h
 
 $(LIB): $(call obj,$(COMMON_SRC))
 	@rm -f $@
@@ -177,7 +206,7 @@ fuzz: $(DEPS_STAMP)
 
 # ---- bench and run ---------------------------------------------------------
 
-bench: bench-ingest bench-spool bench-aggregator
+bench: bench-ingest bench-spool bench-aggregator bench-exporter
 
 bench-spool: all $(BUILD)/bin/busbench
 	bench/spool.sh $(BUILD)/bin
@@ -185,6 +214,14 @@ bench-spool: all $(BUILD)/bin/busbench
 $(BUILD)/bin/busbench: bench/busbench.c $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
+
+# one /metrics scrape at 10,000 and 100,000 series (bench/scrapebench.c), about 10 s
+bench-exporter: $(BUILD)/bin/scrapebench
+	bench/exporter.sh $(BUILD)/bin
+
+$(BUILD)/bin/scrapebench: bench/scrapebench.c $(call obj,exporter/model.c aggregator/ktab.c aggregator/cal.c) $(LIB) | $(DEPS_STAMP)
+	@mkdir -p $(dir $@)
+	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,exporter/model.c aggregator/ktab.c aggregator/cal.c) $(LIB) $(LDLIBS) -o $@
 
 # the aggregator's memory per user and apply rate (bench/aggbench.c), about 4 minutes
 bench-aggregator: $(BUILD)/bin/aggbench

@@ -155,8 +155,29 @@ typedef struct {
 } cfg_pgwriter_t;
 
 typedef struct {
-    char *http;
-    char *api_key_file;
+    char *http;              /* host:port of /metrics and the JSON API */
+    char *api_key_file;      /* the API key (one line); "" : the API answers 503 */
+    char *database;          /* read-only libpq conninfo for /api/v1/history; "": off */
+    int64_t query_timeout;   /* ms: asking the aggregator or PostgreSQL */
+    int64_t max_series;      /* series per family before folding into __other__ */
+    bool user_labels, account_labels; /* per-user / per-account gauges (top K) */
+    int64_t top_k;
+    int64_t stream_buffer;   /* calls kept for /api/v1/stream resumption */
+    char *env;               /* Loki's env label; default [global] instance */
+    char *loki_url;          /* base URL (…/loki/api/v1/push is added); "": off */
+    char *loki_user, *loki_password_file, *loki_tenant;
+    int64_t loki_batch_size; /* bytes of JSON before a push */
+    int64_t loki_batch_wait; /* ms an entry waits for its batch at most */
+    int64_t loki_queue;      /* entries queued at most (the oldest dropped) */
+    int64_t loki_timeout;    /* ms for one push */
+    int64_t loki_retries;    /* tries of one batch on 429/5xx */
+    int64_t loki_backoff_max; /* ms */
+    char *remote_write_url;  /* "": off */
+    char *remote_write_user, *remote_write_password_file, *remote_write_bearer_file;
+    int64_t remote_write_interval; /* ms */
+    int64_t remote_write_timeout;  /* ms for one request */
+    int64_t remote_write_retries;  /* tries of one request on 429/5xx */
+    int64_t remote_write_backoff_max; /* ms */
 } cfg_exporter_t;
 
 typedef struct {

@@ -9,7 +9,7 @@ set -eu
 PKGS="build-essential pkg-config clang libclang-rt-14-dev
 libzmq3-dev libmsgpack-dev libpq-dev libcurl4-openssl-dev libsodium-dev
 libinih-dev libjansson-dev libmicrohttpd-dev libprotobuf-c-dev protobuf-c-compiler
-libsnappy-dev libcmocka-dev libxxhash-dev
+libsnappy-dev libcmocka-dev libxxhash-dev zlib1g-dev
 postgresql-15 prometheus prometheus-alertmanager
 python3 python3-statsd python3-msgpack python3-zmq jq systemd"
 

@@ -59,6 +59,14 @@ cfg_database() {
 
 stages=(tokmon-collectd tokmon-aggregator)
 [ -x "$BIN/tokmon-pgwriter" ] && stages+=(tokmon-pgwriter)
+stages+=(tokmon-exporter)
+
+# the JSON API's key: made once, kept in run/ (mode 600)
+keyfile=${TOKMON_EXPORTER_API_KEY_FILE:-run/api.key}
+if [ ! -s "$keyfile" ]; then
+    (umask 077 && head -c 24 /dev/urandom | base64 | tr -d '\n/+=' >"$keyfile" && echo >>"$keyfile")
+fi
+export TOKMON_EXPORTER_API_KEY_FILE=$keyfile
 
 if [ -n "${TOKMON_PGWRITER_DATABASE:-}" ]; then
     dbinfo=$TOKMON_PGWRITER_DATABASE
@@ -89,9 +97,11 @@ start tokmon-aggregator "$BIN/tokmon-aggregator" -c "$CFG"
 if [ -x "$BIN/tokmon-pgwriter" ]; then
     start tokmon-pgwriter "$BIN/tokmon-pgwriter" -c "$CFG"
 fi
+start tokmon-exporter "$BIN/tokmon-exporter" -c "$CFG"
 
 sleep 0.3
 udp=${TOKMON_COLLECTD_UDP:-$(sed -n 's/^udp *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
+http=${TOKMON_EXPORTER_HTTP:-$(sed -n 's/^http *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
 if [ "${DEMO:-0}" = 1 ]; then
     start tokmon-emit "$BIN/tokmon-emit" -c "$CFG" --rate "${DEMO_RATE:-20}" --count 0 --users 200
 fi
@@ -109,6 +119,9 @@ tokmon is running ($CFG, state in ./run/). Look at:
   top users in the last hour:  $BIN/tokmonctl -c $CFG top --by user --window 1h
   rollups, quotas, budgets:    $BIN/tokmon-tap -c $CFG roll. quota budget | jq .
   stored calls:                psql $psql_target-c 'select * from daily_usage'
+  Prometheus metrics:          curl -s http://$http/metrics
+  the JSON API:                curl -s -H "X-Api-Key: \$(cat $keyfile)" http://$http/api/v1/usage
+  live calls (SSE):            curl -sN -H "X-Api-Key: \$(cat $keyfile)" http://$http/api/v1/stream
   send one call yourself:      $BIN/tokmon-emit -c $CFG --provider openai --model gpt-4o \\
                                  --user alice --input-tokens 1200 --cache-read-tokens 1000 --output-tokens 300
   or plain StatsD:             echo "llm.tokens:450|c|#provider:openai,model:gpt-4o,user:alice,type:input" \\

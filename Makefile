@@ -6,7 +6,8 @@
 #   make run          the whole pipeline on this machine (DEMO=1 adds traffic)
 #   make fuzz         every fuzzer for FUZZ_SECONDS each (default 300)
 #   make bench        every benchmark; make bench-ingest for the collector's,
-#                     make bench-aggregator for the aggregator's memory and rate
+#                     make bench-aggregator for the aggregator's memory and rate,
+#                     make bench-pgwriter for the writer's rate into PostgreSQL
 #   make deps         install missing Debian packages (run by the others)
 #
 # One unit test alone: make unit T=common/cfg_test [ARGS=test_name]
@@ -100,7 +101,7 @@ DEPS_STAMP := build/.deps-ok
 
 obj = $(patsubst %.c,$(OBJ)/%.o,$(patsubst $(BUILD)/gen/%,%,$(1)))
 
-.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator bench-exporter run clean chaos
+.PHONY: all deps test unit unit-tests integration fuzz-smoke fuzz bench bench-ingest bench-spool bench-aggregator bench-exporter bench-pgwriter run clean chaos
 .DEFAULT_GOAL := all
 
 all: $(addprefix $(BUILD)/bin/,$(BINS))
@@ -206,7 +207,7 @@ fuzz: $(DEPS_STAMP)
 
 # ---- bench and run ---------------------------------------------------------
 
-bench: bench-ingest bench-spool bench-aggregator bench-exporter
+bench: bench-ingest bench-spool bench-aggregator bench-exporter bench-pgwriter
 
 bench-spool: all $(BUILD)/bin/busbench
 	bench/spool.sh $(BUILD)/bin
@@ -215,8 +216,8 @@ $(BUILD)/bin/busbench: bench/busbench.c $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(LIB) $(LDLIBS) -o $@
 
-# one /metrics scrape at 10,000 and 100,000 series (bench/scrapebench.c), about 10 s
-bench-exporter: $(BUILD)/bin/scrapebench
+# one /metrics scrape at 10,000 and 100,000 series (bench/scrapebench.c, bench/scrape_http.py), about a minute
+bench-exporter: all $(BUILD)/bin/scrapebench
 	bench/exporter.sh $(BUILD)/bin
 
 $(BUILD)/bin/scrapebench: bench/scrapebench.c $(call obj,exporter/model.c aggregator/ktab.c aggregator/cal.c) $(LIB) | $(DEPS_STAMP)
@@ -230,6 +231,11 @@ bench-aggregator: $(BUILD)/bin/aggbench
 $(BUILD)/bin/aggbench: bench/aggbench.c $(call obj,$(AGGREGATOR_LIB)) $(LIB) | $(DEPS_STAMP)
 	@mkdir -p $(dir $@)
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(AGGREGATOR_LIB)) $(LIB) $(LDLIBS) -o $@
+
+# the writer's sustained and catch-up rates into a private PostgreSQL against
+# psql's COPY of the same rows (bench/pgwriter.py), about 4 minutes
+bench-pgwriter: all
+	bench/pgwriter.py $(BUILD)/bin
 
 bench-ingest: all $(BUILD)/bin/udpblast $(BUILD)/bin/udpcount
 	bench/ingest.sh $(BUILD)/bin

@@ -311,7 +311,7 @@ static void test_civil(void **state)
         cal_t *c = open_zone(r->zone);
         struct tm tm;
         assert_int_equal(cal_civil(c, ts(r->at), &tm), 0);
-        char got[32];
+        char got[80];
         snprintf(got, sizeof got, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         if (strcmp(got, r->want) != 0)
@@ -569,7 +569,7 @@ static void test_footer_rules(void **state)
         cal_t *c = open_zone(r->zone);
         struct tm tm;
         assert_int_equal(cal_civil(c, ts(r->at), &tm), 0);
-        char got[32];
+        char got[80];
         snprintf(got, sizeof got, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900,
                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
         if (strcmp(got, r->want) != 0 || tm.tm_isdst != r->isdst || tm.tm_gmtoff != r->gmtoff)

@@ -2,7 +2,8 @@
 # make bench-exporter: the cost of one /metrics scrape of tokmon-exporter
 # (bench/scrapebench.c: the exporter's own model and renderer, no sockets),
 # with 10,000 and 100,000 series, in both formats, with and without gzip,
-# beside the baseline of copying the same bytes once. About 10 seconds.
+# beside the baseline of copying the same bytes once; then the same scrape
+# over HTTP from a running exporter (bench/scrape_http.py). About a minute.
 #   BENCH_ROUNDS=R   renders per case (default 15; the medians are printed)
 set -euo pipefail
 BIN=${1:-build/bin}
@@ -27,3 +28,15 @@ while read -r line; do
         "$(awk -v b="$(kv gzip_bytes "$line")" 'BEGIN { printf "%.0f", b / 1e3 }')" "$c" \
         "$(awk -v a="$t" -v b="$c" 'BEGIN { printf "%.1f", a / b }')"
 done <"$OUT"
+
+# end to end: a running exporter scraped over HTTP by curl
+echo
+echo "Over HTTP (bench/scrape_http.py: a collector and tokmon-exporter on loopback, curl, medians of $ROUNDS):"
+echo
+echo "| series | plain | gzip | page | gzipped |"
+echo "|---|---|---|---|---|"
+BENCH_ROUNDS=$ROUNDS /usr/bin/python3 "$(dirname "$0")/scrape_http.py" "$BIN" | while read -r line; do
+    printf '| %s | %s ms | %s ms | %s MB | %s kB |\n' "$(kv series "$line")" "$(kv plain_ms "$line")" \
+        "$(kv gzip_ms "$line")" "$(awk -v b="$(kv plain_bytes "$line")" 'BEGIN { printf "%.1f", b / 1e6 }')" \
+        "$(awk -v b="$(kv gzip_bytes "$line")" 'BEGIN { printf "%.0f", b / 1e3 }')"
+done

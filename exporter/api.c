@@ -10,12 +10,13 @@
  * the two digests compared with sodium_memcmp, so neither the time taken
  * nor the length of what was sent tells anything about the key.
  *
- * The stream. Each call gets an id and its whole event text ("id: N\n
- * event: call\ndata: {...}\n\n") goes into a ring of the last
- * [exporter] stream_buffer calls. Ids start at the wall clock in
- * microseconds when the exporter starts and count up by one per call, so
- * they keep increasing across restarts and a client resuming with an id
- * from before a restart is told about the gap. A stream connection keeps
+ * The stream. Each call gets an id and goes, as its msgpack record, into
+ * a ring of the last [exporter] stream_buffer calls; its event text
+ * ("id: N\nevent: call\ndata: {...}\n\n") is made when a stream first
+ * sends it (so calls nobody watches cost a copy, not JSON). Ids start at
+ * the wall clock in microseconds when the exporter starts and count up by
+ * one per call, so they keep increasing across restarts and a client
+ * resuming with an id from before a restart is told about the gap. A stream connection keeps
  * only the id of the next call it owes and a buffer of at most one read's
  * worth (MHD's max, plus the one event that crosses it); with nothing to
  * send its connection is suspended, and api_call (a new call) or api_work
@@ -61,10 +62,14 @@
 #define MAX_TOP 10000
 #define NSTATUS 16
 
+/* A call in the ring: as msgpack (the bus record) until a stream wants it,
+ * then also as its event text, rendered once. Slots keep their buffers. */
 typedef struct {
     uint64_t id;
-    char *text;
-    size_t len;
+    uint64_t seq;
+    uint32_t idx;
+    size_t src_len; /* rec: src, then the record */
+    mbuf_t rec, text;
 } event_t;
 
 typedef struct stream {
@@ -73,7 +78,8 @@ typedef struct stream {
     struct stream *prev, *next;
     uint64_t next_id;  /* the next call it owes */
     bool suspended;    /* by us, not yet resumed */
-    bool waiting;      /* caught up when last suspended: a burst past the ring is a gap, not a drop */
+    bool resumed;      /* since its last read: look whether the client left first */
+    bool waiting;      /* caught up when suspended: a burst past the ring is a gap, not a drop */
     bool dropped;      /* fell out of the ring while not reading: ends at the next read */
     bool hello;        /* the opening comment is owed */
     int64_t last_send; /* when bytes last went out (the api's clock) */
@@ -111,6 +117,7 @@ struct api {
         int64_t *c;
     } status[NSTATUS];
     int64_t *c_unauthorized, *c_stream_dropped, *c_stream_calls, *c_stream_gaps, *g_streams;
+    int64_t *c_stream_render_errors;
     int64_t *c_agg_timeout, *c_agg_error, *c_pg_unavailable, *c_pg_timeout, *c_pg_error;
 };
 
@@ -197,8 +204,9 @@ static void count_status(api_t *a, unsigned status)
     (*stats_counter(a->st, "api_requests_total", "status=other"))++;
 }
 
-/* Queues j (consumed) as the answer. */
-static enum MHD_Result reply(api_t *a, struct MHD_Connection *c, unsigned status, json_t *j)
+/* Queues j (consumed) as the answer; allow: the Allow header of a 405. */
+static enum MHD_Result reply_allow(api_t *a, struct MHD_Connection *c, unsigned status, json_t *j,
+                                   const char *allow)
 {
     char *s = json_dumps(j, JSON_COMPACT);
     json_decref(j);
@@ -219,11 +227,16 @@ static enum MHD_Result reply(api_t *a, struct MHD_Connection *c, unsigned status
     if (status == MHD_HTTP_UNAUTHORIZED)
         MHD_add_response_header(r, MHD_HTTP_HEADER_WWW_AUTHENTICATE, "Bearer realm=\"tokmon\"");
     if (status == MHD_HTTP_METHOD_NOT_ALLOWED)
-        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, "GET, HEAD");
+        MHD_add_response_header(r, MHD_HTTP_HEADER_ALLOW, allow ? allow : "GET, HEAD");
     enum MHD_Result rc = MHD_queue_response(c, status, r);
     MHD_destroy_response(r);
     count_status(a, status);
     return rc;
+}
+
+static enum MHD_Result reply(api_t *a, struct MHD_Connection *c, unsigned status, json_t *j)
+{
+    return reply_allow(a, c, status, j, NULL);
 }
 
 static enum MHD_Result reply_error(api_t *a, struct MHD_Connection *c, unsigned status,
@@ -1141,6 +1154,7 @@ static void stream_resume(stream_t *s)
 {
     if (s->suspended) {
         s->suspended = false;
+        s->resumed = true;
         MHD_resume_connection(s->conn);
     }
 }
@@ -1165,6 +1179,8 @@ static void stream_drop(api_t *a, stream_t *s)
     /* it may never be writable again: let MHD close it soon */
     MHD_set_connection_option(s->conn, MHD_CONNECTION_OPTION_TIMEOUT, 1u);
 }
+
+static void render(api_t *a, event_t *e);
 
 /* Fills s->out with what is owed, up to about max bytes. */
 static void stream_fill(api_t *a, stream_t *s, size_t max)
@@ -1200,9 +1216,11 @@ static void stream_fill(api_t *a, stream_t *s, size_t max)
         s->next_id = oldest;
     }
     while (s->next_id < a->next_id && s->out.len < max) {
-        const event_t *e = &a->ring[s->next_id % a->ring_cap];
+        event_t *e = &a->ring[s->next_id % a->ring_cap];
         assert(e->id == s->next_id);
-        mbuf_append(&s->out, e->text, e->len);
+        if (!e->text.len)
+            render(a, e);
+        mbuf_append(&s->out, e->text.data, e->text.len);
         s->next_id++;
     }
     if (s->out.len)
@@ -1213,7 +1231,8 @@ static void stream_fill(api_t *a, stream_t *s, size_t max)
 
 static bool peer_gone(struct MHD_Connection *c)
 {
-    const union MHD_ConnectionInfo *ci = MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CONNECTION_FD);
     if (!ci)
         return false;
     char b;
@@ -1228,6 +1247,12 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
     api_t *a = s->api;
     if (!a || s->dropped)
         return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (s->resumed) {
+        /* a client that left while it waited: end without writing to it */
+        s->resumed = false;
+        if (peer_gone(s->conn))
+            return MHD_CONTENT_READER_END_OF_STREAM;
+    }
     if (s->off == s->out.len) {
         mbuf_reset(&s->out);
         s->off = 0;
@@ -1241,7 +1266,7 @@ static ssize_t stream_read(void *cls, uint64_t pos, char *buf, size_t max)
          * first: an event-stream client sends nothing after its request,
          * and end of file means it has gone. */
         if (peer_gone(s->conn))
-            return MHD_CONTENT_READER_END_WITH_ERROR;
+            return MHD_CONTENT_READER_END_OF_STREAM;
         s->waiting = true;
         s->suspended = true;
         MHD_suspend_connection(s->conn);
@@ -1277,8 +1302,8 @@ static enum MHD_Result stream_open(api_t *a, struct MHD_Connection *c)
     s->waiting = true; /* what it asks for and is gone is a gap, not its fault */
     s->last_send = clock_now(a);
     s->next_id = last && (uint64_t)n < a->next_id ? (uint64_t)n + 1 : a->next_id;
-    struct MHD_Response *r =
-        MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK, stream_read, s, stream_free);
+    struct MHD_Response *r = MHD_create_response_from_callback(MHD_SIZE_UNKNOWN, STREAM_BLOCK,
+                                                               stream_read, s, stream_free);
     if (!r) {
         free(s);
         return reply_error(a, c, MHD_HTTP_INTERNAL_SERVER_ERROR, "cannot open a stream");
@@ -1345,22 +1370,59 @@ static json_t *call_json(span_t src, uint64_t seq, uint32_t idx, const msg_usage
     return o;
 }
 
+/* The event text of a ring slot, from its record. */
+static void render(api_t *a, event_t *e)
+{
+    char err[256];
+    msgpack_unpacked up;
+    msgpack_unpacked_init(&up);
+    size_t off = 0;
+    msg_usage_t u;
+    json_t *j = NULL;
+    if (msgpack_unpack_next(&up, e->rec.data + e->src_len, e->rec.len - e->src_len, &off) ==
+            MSGPACK_UNPACK_SUCCESS &&
+        msg_usage_unpack(&up.data, &u, err, sizeof err) == 0)
+        j = call_json(span_make(e->rec.data, e->src_len), e->seq, e->idx, &u);
+    else /* it was packed here a moment ago: never expected */
+        (*a->c_stream_render_errors)++;
+    char *data = j ? json_dumps(j, JSON_COMPACT) : NULL;
+    json_decref(j);
+    char head[64];
+    int n = snprintf(head, sizeof head, "id: %llu\nevent: call\ndata: ", (unsigned long long)e->id);
+    mbuf_reset(&e->text);
+    mbuf_append(&e->text, head, (size_t)n);
+    mbuf_append(&e->text, data ? data : "{}", data ? strlen(data) : 2);
+    mbuf_append(&e->text, "\n\n", 2);
+    free(data);
+    msgpack_unpacked_destroy(&up);
+}
+
 void api_call(api_t *a, span_t src, uint64_t seq, uint32_t idx, const msg_usage_t *u,
               int64_t now_ns)
 {
     a->now = now_ns;
     a->bus_seen = now_ns;
-    json_t *j = call_json(src, seq, idx, u);
-    char *data = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
+    /* only the record is kept (cheap); the JSON is made when a stream
+     * sends it, once per call however many streams do */
     uint64_t id = a->next_id++;
     event_t *e = &a->ring[id % a->ring_cap];
-    free(e->text);
     e->id = id;
-    e->text = xasprintf("id: %llu\nevent: call\ndata: %s\n\n", (unsigned long long)id,
-                        data ? data : "{}");
-    e->len = strlen(e->text);
-    free(data);
+    e->seq = seq;
+    e->idx = idx;
+    mbuf_reset(&e->rec);
+    mbuf_reset(&e->text);
+    e->src_len = src.len;
+    mbuf_append(&e->rec, src.p, src.len);
+    msg_usage_encode(&e->rec, u);
+    if (e->rec.cap > 4 * STREAM_BLOCK && e->rec.len < STREAM_BLOCK) {
+        /* an outsized call passed through this slot: give the memory back */
+        mbuf_t small = { 0 };
+        mbuf_append(&small, e->rec.data, e->rec.len);
+        mbuf_free(&e->rec);
+        e->rec = small;
+    }
+    if (e->text.cap > 4 * STREAM_BLOCK)
+        mbuf_free(&e->text);
     (*a->c_stream_calls)++;
     uint64_t oldest = ring_oldest(a);
     for (stream_t *s = a->streams; s; s = s->next) {
@@ -1391,6 +1453,20 @@ size_t api_streams(const api_t *a) { return a->nstreams; }
 
 #define QUOTA_PREFIX "/api/v1/quota/"
 
+/* The client's address, for a log line. */
+static void peer_name(struct MHD_Connection *c, char *buf, size_t cap)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    const struct sockaddr *sa = ci ? ci->client_addr : NULL;
+    if (sa && sa->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf,
+                  (socklen_t)cap);
+    else if (sa && sa->sa_family == AF_INET6)
+        inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf,
+                  (socklen_t)cap);
+}
+
 enum MHD_Result api_handle(api_t *a, struct MHD_Connection *c, const char *method, const char *url)
 {
     bool get = !strcmp(method, "GET"), head = !strcmp(method, "HEAD");
@@ -1405,16 +1481,8 @@ enum MHD_Result api_handle(api_t *a, struct MHD_Connection *c, const char *metho
         return reply_error(a, c, MHD_HTTP_SERVICE_UNAVAILABLE, "no api_key_file configured");
     if (!authorized(a, c)) {
         (*a->c_unauthorized)++;
-        const union MHD_ConnectionInfo *ci =
-            MHD_get_connection_info(c, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-        char peer[64] = "?";
-        if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)ci->client_addr)->sin_addr,
-                      peer, sizeof peer);
-        else if (ci && ci->client_addr && ci->client_addr->sa_family == AF_INET6)
-            inet_ntop(AF_INET6,
-                      &((const struct sockaddr_in6 *)(const void *)ci->client_addr)->sin6_addr, peer,
-                      sizeof peer);
+        char peer[INET6_ADDRSTRLEN] = "?";
+        peer_name(c, peer, sizeof peer);
         log_complain(&a->lc_auth, tmtime_mono_ns(), LOG_LVL_WARN,
                      "an API request without a valid key", "peer=%s", peer);
         return reply_error(a, c, MHD_HTTP_UNAUTHORIZED,
@@ -1433,8 +1501,14 @@ enum MHD_Result api_handle(api_t *a, struct MHD_Connection *c, const char *metho
                                                     : R_NONE;
     if (route == R_NONE)
         return reply_error(a, c, MHD_HTTP_NOT_FOUND, "no such endpoint: %s", url);
-    if (!get && !(head && route != R_STREAM))
-        return reply_error(a, c, MHD_HTTP_METHOD_NOT_ALLOWED, "%s: use GET", url);
+    if (!get && !(head && route != R_STREAM)) {
+        json_t *j = json_object();
+        char msg[300];
+        snprintf(msg, sizeof msg, "%.250s: use GET", url);
+        json_object_set_new(j, "error", jcstr(msg));
+        return reply_allow(a, c, MHD_HTTP_METHOD_NOT_ALLOWED, j,
+                           route == R_STREAM ? "GET" : "GET, HEAD");
+    }
     switch (route) {
     case R_USAGE:
         return usage_totals(a, c);
@@ -1493,6 +1567,7 @@ api_t *api_new(const cfg_t *cfg, model_t *m, stats_t *st, char *err, size_t cap)
     a->c_stream_calls = stats_counter(st, "api_stream_calls_total", NULL);
     a->c_stream_gaps = stats_counter(st, "api_stream_gaps_total", NULL);
     a->g_streams = stats_gauge(st, "api_streams", NULL);
+    a->c_stream_render_errors = stats_counter(st, "api_stream_render_errors_total", NULL);
     a->c_agg_timeout = stats_counter(st, "api_aggregator_errors_total", "reason=timeout");
     a->c_agg_error = stats_counter(st, "api_aggregator_errors_total", "reason=bad_answer");
     a->c_pg_unavailable = stats_counter(st, "api_database_errors_total", "reason=unavailable");
@@ -1516,7 +1591,7 @@ void api_destroy(api_t **pa)
         s->prev = s->next = NULL;
     }
     for (size_t i = 0; i < a->ring_cap; i++)
-        free(a->ring[i].text);
+        mbuf_free(&a->ring[i].rec), mbuf_free(&a->ring[i].text);
     free(a->ring);
     query_client_destroy(&a->qc);
     pg_close(a);

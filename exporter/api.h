@@ -4,21 +4,35 @@
  *
  *   GET /health                 200 {"status":"ok"} (no key needed)
  *   GET /health/ready           200 when the bus is fresh and the aggregator
- *                               answers, else 503 with the reason
+ *                               answers, else 503 with the reason (no key)
  *   GET /api/v1/usage           totals since the exporter started (input,
  *                               output and all tokens, requests, cost)
  *   GET /api/v1/usage/window?window=300&by=account|user   sliding window
+ *                               (also by=model|project, &id=KEY for one key)
  *   GET /api/v1/quota/{user}    a user's quota (?subject=account for accounts)
- *   GET /api/v1/budgets
+ *   GET /api/v1/budgets         (?name=NAME for one budget)
  *   GET /api/v1/top?by=user|account|model|project&window=1h&n=10&metric=cost|tokens
- *   GET /api/v1/history/daily?user=ID&days=30   from PostgreSQL, read-only
+ *   GET /api/v1/history/daily?user=ID&days=30   from PostgreSQL, read-only:
+ *                               [exporter] database is a libpq conninfo whose
+ *                               login role is granted tokmon_reader (made by
+ *                               writer/migrations/001_schema.sql:
+ *                               GRANT tokmon_reader TO the_exporter_login)
  *   GET /api/v1/stream          server-sent events: one `call` event per
  *                               priced call, with an id; Last-Event-ID (or
- *                               ?last_event_id=) resumes after it
+ *                               ?last_event_id=) resumes after it (an `event:
+ *                               gap` says what the ring, [exporter]
+ *                               stream_buffer calls, no longer had); a
+ *                               `: keepalive` comment every 15 s; at most 64
  *
- * Errors are JSON {"error": "..."} with a 4xx or 5xx status. Answers about
- * quotas, budgets, top and windows come from the aggregator's query socket
- * ([aggregator] query, every shard merged, tools/query_client.c). */
+ * Windows are seconds or 300s/5m/1h/1d, at most [aggregator] history. Money
+ * is integer nano-dollars (x_nusd) and an exact decimal string of dollars
+ * (x_usd, "0.004750000"). Errors are JSON {"error": "..."}: 400 a bad
+ * parameter, 401 no valid key, 404, 405, 502 a bad answer upstream, 503
+ * PostgreSQL unavailable or no key file, 504 no answer within [exporter]
+ * query_timeout. Answers about quotas, budgets, top and windows come from
+ * the aggregator's query socket ([aggregator] query, every shard merged,
+ * tools/query_client.c) and keep tokmonctl --json's keys. Not thread-safe:
+ * the exporter's one loop calls all of it. */
 #ifndef TOKMON_API_H
 #define TOKMON_API_H
 

@@ -293,11 +293,13 @@ static void shutdown_all(exporter_t *d)
         model_refresh(d->model, tmtime_now_ns());
         rw_drain(d->rw, d->model, 3000);
     }
+    /* the API first: its stream connections are suspended in the HTTP
+     * server, which refuses to stop while any is */
+    api_destroy(&d->api);
     web_destroy(&d->web);
     rsub_destroy(&d->rsub);
     loki_destroy(&d->loki);
     rw_destroy(&d->rw);
-    api_destroy(&d->api);
     model_destroy(&d->model);
     buscfg_close(&d->bus);
     if (d->zctx)

@@ -327,22 +327,22 @@ model_t *model_new(const cfg_t *cfg, stats_t *st, char *err, size_t cap)
         m->b_exh->derived = m->q_subj->derived = true;
     if (cfg->exporter.user_labels) {
         m->u_cost = family_add(m, "llm_user_cost_usd",
-                               "Cost today of the top users (the rest in user=\"__other__\").",
+                               "Cost today of the top users (the rest folded into user __other__).",
                                F_GAUGE, V_INT, 9, user, 1, true);
         m->u_tok = family_add(m, "llm_user_tokens", "Tokens today of the top users.", F_GAUGE, V_INT,
                               0, user, 1, true);
-        m->u_folded = family_add(m, "llm_users_folded", "Users folded into user=\"__other__\".",
+        m->u_folded = family_add(m, "llm_users_folded", "Users folded into user __other__.",
                                  F_GAUGE, V_INT, 0, NULL, 0, true);
         m->u_cost->derived = m->u_tok->derived = m->u_folded->derived = true;
     }
     if (cfg->exporter.account_labels) {
         m->a_cost = family_add(m, "llm_account_cost_usd",
-                               "Cost today of the top accounts (the rest in account=\"__other__\").",
+                               "Cost today of the top accounts (the rest folded into account __other__).",
                                F_GAUGE, V_INT, 9, account, 1, true);
         m->a_tok = family_add(m, "llm_account_tokens", "Tokens today of the top accounts.", F_GAUGE,
                               V_INT, 0, account, 1, true);
         m->a_folded = family_add(m, "llm_accounts_folded",
-                                 "Accounts folded into account=\"__other__\".", F_GAUGE, V_INT, 0,
+                                 "Accounts folded into account __other__.", F_GAUGE, V_INT, 0,
                                  NULL, 0, true);
         m->a_cost->derived = m->a_tok->derived = m->a_folded->derived = true;
     }
@@ -528,14 +528,75 @@ static void sanitize(char *out, size_t cap, span_t in, bool colon)
     out[k] = '\0';
 }
 
+/* Whether an existing family renders a sample named s: a gauge or summary
+ * named s, a counter named s without _total, a summary or histogram named
+ * s without _sum or _count, a histogram named s without _bucket. */
+static bool sample_taken(const model_t *m, const char *s)
+{
+    const family_t *g = family_named(m, s);
+    if (g && (g->type == F_GAUGE || g->type == F_SUMMARY))
+        return true;
+    static const struct {
+        const char *suffix;
+        unsigned types;
+    } sfx[] = { { "_total", 1u << F_COUNTER },
+                { "_sum", (1u << F_SUMMARY) | (1u << F_HISTOGRAM) },
+                { "_count", (1u << F_SUMMARY) | (1u << F_HISTOGRAM) },
+                { "_bucket", 1u << F_HISTOGRAM } };
+    size_t n = strlen(s);
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        size_t k = strlen(sfx[i].suffix);
+        char base[256];
+        if (n <= k || n - k >= sizeof base || strcmp(s + n - k, sfx[i].suffix))
+            continue;
+        memcpy(base, s, n - k);
+        base[n - k] = '\0';
+        g = family_named(m, base);
+        if (g && (sfx[i].types & (1u << g->type)))
+            return true;
+    }
+    return false;
+}
+
+/* Whether a new family name of type type would render a sample name that
+ * another family already renders (StatsD "x" as a counter and "x_total"
+ * as a gauge, a timer "x" and a gauge "x_count"): two families with one
+ * sample name make the page invalid in both formats. */
+static bool samples_clash(const model_t *m, const char *name, ftype_t type)
+{
+    char s[256];
+    switch (type) {
+    case F_COUNTER:
+        snprintf(s, sizeof s, "%s_total", name);
+        return sample_taken(m, s);
+    case F_SUMMARY:
+        snprintf(s, sizeof s, "%s_sum", name);
+        if (sample_taken(m, s))
+            return true;
+        snprintf(s, sizeof s, "%s_count", name);
+        if (sample_taken(m, s))
+            return true;
+        return sample_taken(m, name);
+    case F_HISTOGRAM:
+        return false; /* no dynamic histograms */
+    default:
+        return sample_taken(m, name);
+    }
+}
+
 /* The family name (counters without _total) for a dynamic metric: new, or
  * the existing one when type and label names match; NULL (counted) when
- * they do not or the name is taken by a built-in family. */
+ * they do not, the name is taken by a built-in family, or a new family
+ * would render a sample name another family renders. */
 static family_t *dynamic_family(model_t *m, const char *name, const char *help, ftype_t type,
                                 vkind_t vk, int decimals, char names[][128], size_t n)
 {
     family_t *f = family_named(m, name);
     if (!f) {
+        if (samples_clash(m, name, type)) {
+            (*m->c_conflicts)++;
+            return NULL;
+        }
         const char *ln[MAX_LABELS];
         for (size_t i = 0; i < n; i++)
             ln[i] = names[i];
@@ -1044,10 +1105,13 @@ static double value_of(const family_t *f, const series_t *s)
 {
     if (f->vk == V_DBL)
         return s->v.d;
-    double d = (double)s->v.i;
+    /* one division by an exact power of ten: correctly rounded, the same
+     * double a scraper parses from the page's exact decimal (dividing by
+     * 10 nine times drifts by an ulp in about half the cases) */
+    double p = 1;
     for (int i = 0; i < f->decimals; i++)
-        d /= 10;
-    return d;
+        p *= 10;
+    return (double)s->v.i / p;
 }
 
 void model_each_sample(const model_t *m, model_sample_fn fn, void *arg)

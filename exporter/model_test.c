@@ -332,13 +332,34 @@ static void test_statsd_and_conflicts(void **state)
     t.q[0] = 20;
     t.q[3] = 40;
     model_flush(f.m, &t);
+    /* names whose samples another family renders: skipped */
+    msg_flush_t clash1 = flush_of("app.requests_total", MSG_ST_G, 5); /* app_requests_total */
+    model_flush(f.m, &clash1);
+    msg_flush_t clash2 = flush_of("9lat_count", MSG_ST_G, 5); /* the timer's _count */
+    model_flush(f.m, &clash2);
+    msg_flush_t g2 = flush_of("hits_total", MSG_ST_G, 2);
+    model_flush(f.m, &g2);
+    msg_flush_t clash3 = flush_of("hits", MSG_ST_C, 1); /* a counter hits renders hits_total */
+    model_flush(f.m, &clash3);
+    msg_flush_t g3 = flush_of("q_sum", MSG_ST_G, 2);
+    model_flush(f.m, &g3);
+    msg_flush_t clash4 = flush_of("q", MSG_ST_MS, 0); /* a summary q renders q_sum */
+    clash4.count = 1;
+    model_flush(f.m, &clash4);
     const char *p = render(&f, false);
     has_line(p, "# TYPE app_requests_total counter");
+    has_line(p, "# TYPE hits_total gauge");
+    has_line(p, "hits_total 2");
+    assert_null(strstr(p, "# TYPE hits_total counter"));
+    has_line(p, "q_sum 2");
+    assert_null(strstr(p, "app_requests_total 5"));
+    assert_null(strstr(p, "_9lat_count 5"));
+    assert_null(strstr(p, "# TYPE q summary"));
     has_line(p, "app_requests_total{env_name=\"prod\"} 6");
     has_line(p, "# TYPE _9lat summary");
     has_line(p, "_9lat{quantile=\"0.5\"} 20");
     has_line(p, "_9lat_count 4");
-    assert_int_equal(*stats_counter(f.st, "exporter_conflicts_total", NULL), 3);
+    assert_int_equal(*stats_counter(f.st, "exporter_conflicts_total", NULL), 7);
     fix_close(&f);
 }
 
@@ -369,7 +390,7 @@ typedef struct {
     int samples;
     int sorted_bad;
     int le_seen;
-    double requests;
+    double requests, cost;
 } walk_t;
 
 static void walk(void *arg, const char *name, const model_label_t *l, size_t n, double v)
@@ -384,6 +405,8 @@ static void walk(void *arg, const char *name, const model_label_t *l, size_t n, 
             w->le_seen++;
     if (!strcmp(name, "llm_requests_total"))
         w->requests += v;
+    if (!strcmp(name, "llm_cost_usd_total"))
+        w->cost += v;
 }
 
 static void test_samples_sorted(void **state)
@@ -400,6 +423,9 @@ static void test_samples_sorted(void **state)
     assert_int_equal(w.sorted_bad, 0);
     assert_int_equal(w.le_seen, 15); /* one histogram series */
     assert_true(w.requests == 2.0);
+    /* 3000 nano-dollars: the double nearest 0.000003, as a scraper parses
+     * the page's "0.000003" (not 3.0000000000000005e-06) */
+    assert_true(w.cost == 0.000003);
     /* 1 requests + 2 token types + 1 cost + 15 buckets + sum + count, and
      * the four quota-subject gauges (user and account, warning and exceeded) */
     assert_int_equal(w.samples, 1 + 2 + 1 + 15 + 2 + 4);

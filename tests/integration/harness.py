@@ -882,3 +882,175 @@ class Writer:
         """Waits until table holds at least n rows; returns the count."""
         return int(self.wait_value("select count(*) from %s" % table, lambda v: int(v) >= n, timeout,
                                    "%d rows in %s" % (n, table)))
+
+
+# ---- the exporter ------------------------------------------------------------
+
+class Exporter:
+    """tokmon-exporter with a base config (a collector's or an aggregator's,
+    copied as it is) plus an [exporter] section: http on a free port and the
+    keys given (api_key: written to NAME.key and set as api_key_file).
+    start() waits for its "started" line; metrics() scrapes /metrics."""
+
+    def __init__(self, env, base_cfg, name="exporter", exporter=None, api_key=None, start=True):
+        self.env = env
+        self.name = name
+        self.port = free_port(udp=False)
+        self.base = "http://127.0.0.1:%d" % self.port
+        keys = {"http": "127.0.0.1:%d" % self.port}
+        if api_key:
+            self.key_file = env.write(name + ".key", api_key + "\n")
+            os.chmod(self.key_file, 0o600)
+            keys["api_key_file"] = self.key_file
+        keys.update(exporter or {})
+        self.keys = keys
+        with open(base_cfg) as f:
+            text = f.read()
+        text += "\n[exporter]\n" + "\n".join("%s = %s" % kv for kv in keys.items()) + "\n"
+        self.cfg_path = env.write(name + ".ini", text)
+        self.proc = None
+        if start:
+            self.start()
+
+    def start(self, timeout=15.0):
+        self.proc = self.env.spawn(self.name, [bin_path("tokmon-exporter"), "-c", self.cfg_path])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            log = self.proc.stderr()
+            if 'msg="started"' in log or "msg=started" in log:
+                return self
+            if not self.proc.alive():
+                raise CaseFailure("%s exited with status %r at start: %s" %
+                                  (self.name, self.proc.p.returncode, log.strip()[-800:]))
+            time.sleep(0.02)
+        raise CaseFailure("%s did not start within %.0f s: %s" % (self.name, timeout, self.proc.stderr()[-800:]))
+
+    def stop(self, timeout=10.0):
+        return self.proc.stop(timeout) if self.proc else None
+
+    def log(self):
+        return self.proc.stderr() if self.proc else ""
+
+    def get(self, path, headers=None, timeout=10.0):
+        """(status, headers as a dict with lower-case names, raw body)."""
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+        try:
+            c.request("GET", path, headers=dict(headers or {}))
+            r = c.getresponse()
+            body = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, body
+        finally:
+            c.close()
+
+    def metrics(self, accept=None, gzip=False, timeout=10.0):
+        """GET /metrics: (content type, headers, body as text, gunzipped
+        when it came gzipped). Fails on any status but 200."""
+        h = {}
+        if accept:
+            h["Accept"] = accept
+        if gzip:
+            h["Accept-Encoding"] = "gzip"
+        st, hd, body = self.get("/metrics", h, timeout)
+        check(st == 200, "%s /metrics: status %d: %r", self.name, st, body[:300])
+        if hd.get("content-encoding") == "gzip":
+            import gzip as gz
+            body = gz.decompress(body)
+        return hd.get("content-type"), hd, body.decode("utf-8")
+
+    def samples(self, text=None):
+        """The samples of a text-format page (scraped now when not given):
+        {(name, ((label, value), ...sorted)): float}."""
+        if text is None:
+            text = self.metrics()[2]
+        return parse_samples(text)
+
+    def wait_metric(self, pred, timeout=15.0, what="the metrics"):
+        """Scrapes until pred(samples) is true; returns the samples."""
+        deadline = time.monotonic() + timeout
+        while True:
+            s = self.samples()
+            if pred(s):
+                return s
+            if not self.proc.alive():
+                raise CaseFailure("%s exited (status %r) while waiting for %s: %s" %
+                                  (self.name, self.proc.p.returncode, what, self.log()[-800:]))
+            if time.monotonic() > deadline:
+                raise CaseFailure("%s not reached in %.0f s" % (what, timeout))
+            time.sleep(0.1)
+
+
+def _unescape_label(v):
+    out, i = [], 0
+    while i < len(v):
+        ch = v[i]
+        if ch == "\\" and i + 1 < len(v):
+            n = v[i + 1]
+            out.append({"n": "\n", "\\": "\\", '"': '"'}.get(n, "\\" + n))
+            i += 2
+        else:
+            out.append(ch)
+            i += 1
+    return "".join(out)
+
+
+def parse_labels(s):
+    """k="v",k="v" (escaped values) -> ((k, v), ...) in page order; raises
+    ValueError on anything else."""
+    out, i = [], 0
+    while i < len(s):
+        j = s.index("=", i)
+        name = s[i:j]
+        if s[j + 1] != '"':
+            raise ValueError("label %r: no opening quote" % name)
+        k = j + 2
+        while True:
+            if k >= len(s):
+                raise ValueError("label %r: no closing quote" % name)
+            if s[k] == "\\":
+                k += 2
+                continue
+            if s[k] == '"':
+                break
+            k += 1
+        out.append((name, _unescape_label(s[j + 2:k])))
+        i = k + 1
+        if i < len(s):
+            if s[i] != ",":
+                raise ValueError("after label %r: %r" % (name, s[i:i + 10]))
+            i += 1
+    return tuple(out)
+
+
+def parse_sample_line(line):
+    """name{labels} value [ts] -> (name, labels in page order, value string)."""
+    if "{" in line.split(" ", 1)[0]:
+        name, rest = line.split("{", 1)
+        # the closing brace: the last '}' before the value
+        k = rest.rindex("}")
+        labels = parse_labels(rest[:k])
+        tail = rest[k + 1:]
+    else:
+        name, tail = line.split(" ", 1)
+        tail = " " + tail
+        labels = ()
+    if not tail.startswith(" "):
+        raise ValueError("no space before the value: %r" % line)
+    return name, labels, tail[1:].split(" ")[0]
+
+
+def parse_samples(text):
+    """{(name, sorted label pairs): float} of a text 0.0.4 or OpenMetrics page."""
+    out = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        name, labels, value = parse_sample_line(line)
+        out[(name, tuple(sorted(labels)))] = float(value)
+    return out
+
+
+def sample_sum(samples, name, **labels):
+    """The sum of the samples named name whose labels include labels."""
+    return sum(v for (n, ls), v in samples.items()
+               if n == name and all(dict(ls).get(k) == w for k, w in labels.items()))

@@ -37,6 +37,8 @@ import cases_aggregator  # noqa: E402,F401
 import cases_deploy  # noqa: E402,F401
 import cases_pg  # noqa: E402,F401
 import cases_pgwriter  # noqa: E402,F401
+import cases_exporter_api  # noqa: E402,F401
+import cases_exporter  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):

@@ -69,14 +69,19 @@ EXPORTER_LIB += exporter/loki.c
 EXPORTER_LIB += exporter/web.c
 EXPORTER_LIB += $(BUILD)/gen/exporter/remote.pb-c.c
 EXPORTER_LIB += exporter/rw.c
+# the alerter's code, also linked into its tests (one line per module)
+ALERTER_LIB :=
 # what unit tests and fuzzers link besides libtokmon
-APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB) $(EXPORTER_LIB)
+APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB) $(EXPORTER_LIB) $(ALERTER_LIB)
 
 BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-exporter tokmon-emit tokmon-tap tokmonctl
 tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
 tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
 tokmon-pgwriter_SRC := writer/main.c $(WRITER_LIB)
 tokmon-exporter_SRC := exporter/main.c $(EXPORTER_LIB) aggregator/ktab.c aggregator/cal.c
+# engine and digest join ALERTER_LIB once rules.c and notify.c are in
+tokmon-alerter_SRC  := alerter/main.c alerter/engine.c alerter/digest.c $(ALERTER_LIB) \
+                       aggregator/ktab.c aggregator/cal.c aggregator/snap.c
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c tools/query_client.c

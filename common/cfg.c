@@ -232,13 +232,66 @@ static const key_t_ exporter_keys[] = {
 };
 
 static const key_t_ alerter_keys[] = {
-    { "high_cost_call_usd", T_MONEY, K(cfg_alerter_t, high_cost_call_nusd), "0.50", 0, 0, NULL, true },
+    { "src", T_STR, K(cfg_alerter_t, src), "", 0, 0, NULL, false },
+    { "control", T_ENDPOINT, K(cfg_alerter_t, control), "tcp://127.0.0.1:7730", 0, 0, NULL, false },
+    { "snapshot_interval", T_DURATION, K(cfg_alerter_t, snapshot_interval), "30s", 100, 86400000, NULL, false },
+    { "eval_interval", T_DURATION, K(cfg_alerter_t, eval_interval), "1s", 10, 600000, NULL, false },
+    { "group_by", T_LIST, K(cfg_alerter_t, group_by), "alertname", 0, 0, NULL, false },
+    { "group_wait", T_DURATION, K(cfg_alerter_t, group_wait), "30s", 0, 86400000, NULL, false },
+    { "group_interval", T_DURATION, K(cfg_alerter_t, group_interval), "5m", 10, 86400000, NULL, false },
+    { "repeat_interval", T_DURATION, K(cfg_alerter_t, repeat_interval), "4h", 10, 30 * 86400000LL, NULL, false },
+    { "resend_interval", T_DURATION, K(cfg_alerter_t, resend_interval), "1m", 10, 86400000, NULL, false },
+    { "receivers", T_LIST, K(cfg_alerter_t, receivers), "", 0, 0, NULL, false },
+    { "budget", T_BOOL, K(cfg_alerter_t, budget), "on", 0, 0, NULL, false },
+    { "quota", T_BOOL, K(cfg_alerter_t, quota), "on", 0, 0, NULL, false },
+    { "bus_gap", T_BOOL, K(cfg_alerter_t, bus_gap), "on", 0, 0, NULL, false },
+    { "high_cost_call_usd", T_MONEY, K(cfg_alerter_t, high_cost_call_nusd), "0.50", 0, 0, NULL, false },
+    { "high_cost_call_hold", T_DURATION, K(cfg_alerter_t, high_cost_call_hold), "5m", 0, 86400000, NULL, false },
+    { "error_pct", T_INT, K(cfg_alerter_t, error_pct), "5", 0, 100, NULL, false },
+    { "error_window", T_DURATION, K(cfg_alerter_t, error_window), "5m", 60000, 86400000, NULL, false },
+    { "error_for", T_DURATION, K(cfg_alerter_t, error_for), "5m", 0, 86400000, NULL, false },
+    { "error_min_requests", T_INT, K(cfg_alerter_t, error_min_requests), "20", 0, 1000000000, NULL, false },
+    { "burn_tokens_per_hour", T_INT, K(cfg_alerter_t, burn_tokens_per_hour), "500000", 0, INT64_MAX, NULL, false },
+    { "burn_for", T_DURATION, K(cfg_alerter_t, burn_for), "15m", 0, 86400000, NULL, false },
+    { "daily_cost_usd", T_MONEY, K(cfg_alerter_t, daily_cost_nusd), "0", 0, 0, NULL, false },
+    { "cost_rate_usd", T_MONEY, K(cfg_alerter_t, cost_rate_nusd), "0", 0, 0, NULL, false },
+    { "latency_p95", T_DURATION, K(cfg_alerter_t, latency_p95), "0", 0, 3600000, NULL, false },
+    { "latency_for", T_DURATION, K(cfg_alerter_t, latency_for), "5m", 0, 86400000, NULL, false },
+    { "no_events", T_DURATION, K(cfg_alerter_t, no_events), "0", 0, 30 * 86400000LL, NULL, false },
+    { "stage_silent", T_DURATION, K(cfg_alerter_t, stage_silent), "2m", 0, 86400000, NULL, false },
+    { "digest_hour", T_INT, K(cfg_alerter_t, digest_hour), "-1", -1, 23, NULL, false },
+    { "digest_receivers", T_LIST, K(cfg_alerter_t, digest_receivers), "", 0, 0, NULL, false },
     END,
 };
 
 static const key_t_ notify_keys[] = {
-    { "type", T_ENUM, K(cfg_notify_t, type), "webhook", 0, 0, notify_types, true },
-    { "url", T_STR, K(cfg_notify_t, url), "", 0, 0, NULL, true },
+    { "type", T_ENUM, K(cfg_notify_t, type), "webhook", 0, 0, notify_types, false },
+    { "url", T_STR, K(cfg_notify_t, url), "", 0, 0, NULL, false },
+    { "token_file", T_STR, K(cfg_notify_t, token_file), "", 0, 0, NULL, false },
+    { "chat_id", T_STR, K(cfg_notify_t, chat_id), "", 0, 0, NULL, false },
+    { "from", T_STR, K(cfg_notify_t, from), "", 0, 0, NULL, false },
+    { "to", T_LIST, K(cfg_notify_t, to), "", 0, 0, NULL, false },
+    { "user", T_STR, K(cfg_notify_t, user), "", 0, 0, NULL, false },
+    { "password_file", T_STR, K(cfg_notify_t, password_file), "", 0, 0, NULL, false },
+    { "starttls", T_BOOL, K(cfg_notify_t, starttls), "on", 0, 0, NULL, false },
+    { "severity", T_STR, K(cfg_notify_t, severity), "info", 0, 0, NULL, false },
+    { "send_resolved", T_BOOL, K(cfg_notify_t, send_resolved), "on", 0, 0, NULL, false },
+    { "timeout", T_DURATION, K(cfg_notify_t, timeout), "10s", 100, 600000, NULL, false },
+    { "retries", T_INT, K(cfg_notify_t, retries), "8", 0, 1000, NULL, false },
+    { "backoff_max", T_DURATION, K(cfg_notify_t, backoff_max), "1m", 10, 3600000, NULL, false },
+    END,
+};
+
+static const key_t_ rule_keys[] = {
+    { "aggregate", T_STR, K(cfg_rule_t, aggregate), "", 0, 0, NULL, false },
+    { "window", T_DURATION, K(cfg_rule_t, window), "5m", 60000, 31 * 86400000LL, NULL, false },
+    { "by", T_STR, K(cfg_rule_t, by), "", 0, 0, NULL, false },
+    { "op", T_STR, K(cfg_rule_t, op), ">", 0, 0, NULL, false },
+    { "threshold", T_STR, K(cfg_rule_t, threshold), "", 0, 0, NULL, false },
+    { "for", T_DURATION, K(cfg_rule_t, for_ms), "0", 0, 86400000, NULL, false },
+    { "min_requests", T_INT, K(cfg_rule_t, min_requests), "0", 0, 1000000000, NULL, false },
+    { "severity", T_STR, K(cfg_rule_t, severity), "warning", 0, 0, NULL, false },
+    { "summary", T_STR, K(cfg_rule_t, summary), "", 0, 0, NULL, false },
     END,
 };
 
@@ -259,6 +312,7 @@ static int validate_limits(cfg_t *, void *, const char *, char *, size_t);
 static int validate_quota_override(cfg_t *, void *, const char *, char *, size_t);
 static int validate_notify(cfg_t *, void *, const char *, char *, size_t);
 static int validate_price(cfg_t *, void *, const char *, char *, size_t);
+static int validate_rule(cfg_t *, void *, const char *, char *, size_t);
 
 #define STATIC_SECTION(nm, st, field, keys, v) \
     { nm, false, sizeof(st), offsetof(cfg_t, field), 0, keys, v, false }
@@ -281,6 +335,7 @@ static const section_t sections[] = {
     STATIC_SECTION("alerter", cfg_alerter_t, alerter, alerter_keys, NULL),
     PATTERN_SECTION("budget", cfg_budget_t, budgets, nbudgets, budget_keys, validate_budget),
     PATTERN_SECTION("notify", cfg_notify_t, notifies, nnotifies, notify_keys, validate_notify),
+    PATTERN_SECTION("rule", cfg_rule_t, rules, nrules, rule_keys, validate_rule),
     PATTERN_SECTION("price", cfg_price_t, prices, nprices, price_keys, validate_price),
 };
 #define NSECTIONS (sizeof sections / sizeof sections[0])
@@ -1377,8 +1432,65 @@ static int validate_notify(cfg_t *cfg, void *sect, const char *name, char *err, 
         snprintf(err, cap, "notifier name '%s': use 1 to 63 of A-Z a-z 0-9 _ . - @", name);
         return -1;
     }
-    if (n->type != CFG_NOTIFY_EMAIL && n->type != CFG_NOTIFY_TELEGRAM && !n->url[0]) {
+    if (n->type != CFG_NOTIFY_TELEGRAM && !n->url[0]) {
         snprintf(err, cap, "url is required");
+        return -1;
+    }
+    if (n->type == CFG_NOTIFY_TELEGRAM && (!n->token_file[0] || !n->chat_id[0])) {
+        snprintf(err, cap, "telegram needs token_file and chat_id");
+        return -1;
+    }
+    if (n->type == CFG_NOTIFY_EMAIL && (!n->from[0] || !n->to.n)) {
+        snprintf(err, cap, "email needs from and to");
+        return -1;
+    }
+    if (!!n->user[0] != !!n->password_file[0]) {
+        snprintf(err, cap, "user and password_file go together");
+        return -1;
+    }
+    if (strcmp(n->severity, "info") && strcmp(n->severity, "warning") &&
+        strcmp(n->severity, "critical")) {
+        snprintf(err, cap, "severity '%s': info, warning or critical", n->severity);
+        return -1;
+    }
+    return 0;
+}
+
+static int validate_rule(cfg_t *cfg, void *sect, const char *name, char *err, size_t cap)
+{
+    (void)cfg;
+    cfg_rule_t *r = sect;
+    static const char *const aggs[] = { "cost", "tokens", "requests", "errors", "error_ratio",
+                                        "latency_p50", "latency_p90", "latency_p95", "latency_p99",
+                                        NULL };
+    static const char *const bys[] = { "", "user", "account", "model", "provider", "project",
+                                       "operation", NULL };
+    static const char *const ops[] = { ">", ">=", "<", "<=", NULL };
+    static const char *const sev[] = { "info", "warning", "critical", NULL };
+    if (!name_ok(name, 63)) {
+        snprintf(err, cap, "rule name '%s': use 1 to 63 of A-Z a-z 0-9 _ . - @", name);
+        return -1;
+    }
+    const struct {
+        const char *key, *val;
+        const char *const *allowed;
+    } checks[] = { { "aggregate", r->aggregate, aggs }, { "by", r->by, bys },
+                   { "op", r->op, ops }, { "severity", r->severity, sev } };
+    for (size_t i = 0; i < sizeof checks / sizeof checks[0]; i++) {
+        bool ok = false;
+        for (const char *const *a = checks[i].allowed; *a; a++)
+            ok |= !strcmp(*a, checks[i].val);
+        if (!ok) {
+            snprintf(err, cap, "%s '%s' is not one of the allowed values", checks[i].key,
+                     checks[i].val);
+            return -1;
+        }
+    }
+    char *end;
+    errno = 0;
+    double t = strtod(r->threshold, &end);
+    if (!r->threshold[0] || *end || errno || t != t) {
+        snprintf(err, cap, "threshold '%s' is not a number", r->threshold);
         return -1;
     }
     return 0;

@@ -180,14 +180,62 @@ typedef struct {
     int64_t remote_write_backoff_max; /* ms */
 } cfg_exporter_t;
 
+/* [alerter]: the built-in rules (a threshold of 0 turns its rule off), the
+ * notification policy (Alertmanager's route semantics) and the digest. */
 typedef struct {
-    int64_t high_cost_call_nusd;
+    char *src;               /* bus publisher name; default alerter@<hostname> */
+    char *control;           /* ROUTER endpoint for tokmonctl (silences, alerts) */
+    int64_t snapshot_interval, eval_interval; /* ms */
+    cfg_list_t group_by;     /* label names; default alertname */
+    int64_t group_wait, group_interval, repeat_interval, resend_interval; /* ms */
+    cfg_list_t receivers;    /* [notify.NAME] names; empty: all */
+    bool budget, quota, bus_gap; /* the state rules */
+    int64_t high_cost_call_nusd;   /* one call over this; 0: off */
+    int64_t high_cost_call_hold;   /* ms such an alert stays firing */
+    int64_t error_pct;             /* error ratio over this percentage ... */
+    int64_t error_window, error_for; /* ... over this window, for this long (ms) */
+    int64_t error_min_requests;    /* ... with at least this many requests */
+    int64_t burn_tokens_per_hour, burn_for; /* tokens an hour over the last hour */
+    int64_t daily_cost_nusd;       /* today's cost over this */
+    int64_t cost_rate_nusd;        /* the last hour's cost over this */
+    int64_t latency_p95, latency_for; /* ms */
+    int64_t no_events;             /* ms without any call */
+    int64_t stage_silent;          /* ms without a stage's stats */
+    int64_t digest_hour;           /* -1: no digest; 0-23 in [global] timezone */
+    cfg_list_t digest_receivers;   /* empty: the receivers */
 } cfg_alerter_t;
+
+/* [rule.NAME]: a user-defined rule: aggregate over window, grouped by a
+ * dimension, compared with a threshold, for a while. */
+typedef struct {
+    char *name;
+    char *aggregate; /* cost, tokens, requests, errors, error_ratio, latency_p50/p90/p95/p99 */
+    int64_t window;  /* ms */
+    char *by;        /* "", user, account, model, provider, project, operation */
+    char *op;        /* >, >=, <, <= */
+    char *threshold; /* a number (dollars for cost, seconds for latency, a ratio 0-1) */
+    int64_t for_ms;
+    int64_t min_requests;
+    char *severity;  /* info, warning, critical */
+    char *summary;   /* a template: {{ $value }}, {{ $labels.user }}, {{ $threshold }} */
+} cfg_rule_t;
 
 typedef struct {
     char *name;
     int type; /* cfg_notify_type_t */
-    char *url;
+    char *url;          /* webhook, slack, alertmanager: the URL; email: smtp:// or smtps://
+                           host:port; telegram: the API base (default https://api.telegram.org) */
+    char *token_file;   /* telegram: the bot token */
+    char *chat_id;      /* telegram */
+    char *from;         /* email */
+    cfg_list_t to;      /* email */
+    char *user, *password_file; /* email (SMTP AUTH); webhook basic auth */
+    bool starttls;      /* email over smtp://: require STARTTLS */
+    char *severity;     /* the least severity sent: info, warning, critical */
+    bool send_resolved;
+    int64_t timeout;    /* ms, one delivery */
+    int64_t retries;    /* tries after the first */
+    int64_t backoff_max; /* ms */
 } cfg_notify_t;
 
 /* [price.NAME]: a local price that wins over the table. NAME is a table key
@@ -217,6 +265,8 @@ typedef struct cfg {
     size_t nbudgets;
     cfg_notify_t *notifies;
     size_t nnotifies;
+    cfg_rule_t *rules;
+    size_t nrules;
     cfg_price_t *prices;
     size_t nprices;
     cfg_list_t warnings; /* things worth a log line that are not errors */

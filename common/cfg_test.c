@@ -376,6 +376,10 @@ static const err_case_t err_cases[] = {
     { "bad budget name", "[budget.da ily]\nlimit_usd = 1\n", 0,
       { "t.ini:1: [budget.da ily] budget name 'da ily'" }, 1 },
     { "notifier without url", "[notify.ops]\ntype = slack\n", 0, { "t.ini:1: [notify.ops] url is required" }, 1 },
+    { "email without to", "[notify.m]\ntype = email\nurl = smtp://h:25\nfrom = a@b\n", 0, { "t.ini:1: [notify.m] email needs from and to" }, 1 },
+    { "telegram without a token", "[notify.t]\ntype = telegram\nchat_id = 1\n", 0, { "t.ini:1: [notify.t] telegram needs token_file and chat_id" }, 1 },
+    { "rule with a bad aggregate", "[rule.r]\naggregate = mean\nthreshold = 1\n", 0, { "t.ini:1: [rule.r] aggregate 'mean' is not one of the allowed values" }, 1 },
+    { "rule without a number", "[rule.r]\naggregate = cost\nthreshold = lots\n", 0, { "t.ini:1: [rule.r] threshold 'lots' is not a number" }, 1 },
     { "price with no rate", "[price.x]\nlitellm_provider = openai\n", 0,
       { "t.ini:1: [price.x] price 'x' sets no rate" }, 1 },
     { "bad endpoint: no port", "[bus]\ncollectd = tcp://127.0.0.1\n", 0,
@@ -1115,8 +1119,11 @@ static void test_budget_and_notify_values(void **state)
                          "limit_usd = 1234.5\nwarn_pct = 1\n"
                          "[budget.users]\nscope = user\nperiod = week\nlimit_usd = 0.000000001\n"
                          "warn_pct = 100\n"
-                         "[notify.mail]\ntype = email\n"
-                         "[notify.am]\ntype = alertmanager\nurl = http://am:9093\n");
+                         "[notify.mail]\ntype = email\nurl = smtp://127.0.0.1:25\nfrom = t@x\n"
+                         "to = a@x, b@x\n"
+                         "[notify.am]\ntype = alertmanager\nurl = http://am:9093\n"
+                         "[rule.spend]\naggregate = cost\nby = user\nthreshold = 2.5\nwindow = 1h\n"
+                         "for = 5m\nseverity = critical\n");
     assert_int_equal(c->nbudgets, 2);
     assert_string_equal(c->budgets[0].name, "team-a");
     assert_string_equal(c->budgets[0].scope, "project:search");
@@ -1127,9 +1134,18 @@ static void test_budget_and_notify_values(void **state)
     assert_int_equal(c->budgets[1].period, CFG_PERIOD_WEEK);
     assert_int_equal(c->budgets[1].limit_nusd, 1);
     assert_int_equal(c->nnotifies, 2);
-    assert_int_equal(c->notifies[0].type, CFG_NOTIFY_EMAIL); /* email needs no url */
-    assert_string_equal(c->notifies[0].url, "");
+    assert_int_equal(c->notifies[0].type, CFG_NOTIFY_EMAIL);
+    assert_string_equal(c->notifies[0].url, "smtp://127.0.0.1:25");
+    assert_int_equal(c->notifies[0].to.n, 2);
+    assert_string_equal(c->notifies[0].to.v[1], "b@x");
+    assert_true(c->notifies[0].starttls);
     assert_int_equal(c->notifies[1].type, CFG_NOTIFY_ALERTMANAGER);
+    assert_int_equal(c->nrules, 1);
+    assert_string_equal(c->rules[0].aggregate, "cost");
+    assert_string_equal(c->rules[0].by, "user");
+    assert_string_equal(c->rules[0].threshold, "2.5");
+    assert_int_equal(c->rules[0].window, 3600000);
+    assert_int_equal(c->rules[0].for_ms, 300000);
     cfg_destroy(&c);
 }
 

@@ -1055,3 +1055,85 @@ int msg_budget_unpack(const msgpack_object *o, msg_budget_t *b, char *err, size_
     }
     return 0;
 }
+
+/* ---- alert -------------------------------------------------------------------- */
+
+void msg_alert_pack(msgpack_packer *pk, const msg_alert_t *a)
+{
+    uint32_t n = 9 + (a->ends_at > 0);
+    msgpack_pack_map(pk, n);
+    msgpack_pack_str_with_body(pk, "alertname", 9);
+    msg_pack_span(pk, a->alertname);
+    msgpack_pack_str_with_body(pk, "state", 5);
+    msg_pack_span(pk, a->state);
+    msgpack_pack_str_with_body(pk, "severity", 8);
+    msg_pack_span(pk, a->severity.p ? a->severity : span_cstr(""));
+    msgpack_pack_str_with_body(pk, "fingerprint", 11);
+    msg_pack_span(pk, a->fingerprint);
+    msgpack_pack_str_with_body(pk, "labels", 6);
+    pack_tags(pk, a->labels, a->nlabels);
+    msgpack_pack_str_with_body(pk, "annotations", 11);
+    pack_tags(pk, a->annotations, a->nannotations);
+    msgpack_pack_str_with_body(pk, "value", 5);
+    msgpack_pack_double(pk, a->value);
+    msgpack_pack_str_with_body(pk, "starts_at", 9);
+    msgpack_pack_int64(pk, a->starts_at);
+    msgpack_pack_str_with_body(pk, "ts", 2);
+    msgpack_pack_int64(pk, a->ts);
+    if (a->ends_at > 0) {
+        msgpack_pack_str_with_body(pk, "ends_at", 7);
+        msgpack_pack_int64(pk, a->ends_at);
+    }
+}
+
+int msg_alert_unpack(const msgpack_object *o, msg_alert_t *a, char *err, size_t cap)
+{
+    static const char *const states[] = { "pending", "firing", "resolved", NULL };
+    memset(a, 0, offsetof(msg_alert_t, labels));
+    a->nannotations = 0;
+    a->value = 0;
+    a->starts_at = a->ends_at = a->ts = 0;
+    if (o->type != MSGPACK_OBJECT_MAP) {
+        snprintf(err, cap, "alert record is not a map");
+        return -1;
+    }
+    bool have_ts = false;
+    for (uint32_t i = 0; i < o->via.map.size; i++) {
+        const msgpack_object *k = &o->via.map.ptr[i].key, *v = &o->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR) {
+            snprintf(err, cap, "alert record key is not a string");
+            return -1;
+        }
+        int rc = 0;
+        if (key_is(k, "alertname"))
+            rc = get_str(v, &a->alertname, "alertname", err, cap);
+        else if (key_is(k, "state"))
+            rc = get_str(v, &a->state, "state", err, cap);
+        else if (key_is(k, "severity"))
+            rc = get_str(v, &a->severity, "severity", err, cap);
+        else if (key_is(k, "fingerprint"))
+            rc = get_str(v, &a->fingerprint, "fingerprint", err, cap);
+        else if (key_is(k, "labels"))
+            rc = get_tags(v, a->labels, &a->nlabels, MSG_MAX_TAGS, "labels", err, cap);
+        else if (key_is(k, "annotations"))
+            rc = get_tags(v, a->annotations, &a->nannotations, MSG_MAX_ANNOTATIONS, "annotations",
+                          err, cap);
+        else if (key_is(k, "value"))
+            rc = get_f64(v, &a->value, "value", err, cap);
+        else if (key_is(k, "starts_at"))
+            rc = get_i64(v, &a->starts_at, 0, INT64_MAX, "starts_at", err, cap);
+        else if (key_is(k, "ends_at"))
+            rc = get_i64(v, &a->ends_at, 0, INT64_MAX, "ends_at", err, cap);
+        else if (key_is(k, "ts")) {
+            rc = get_i64(v, &a->ts, 0, INT64_MAX, "ts", err, cap);
+            have_ts = true;
+        }
+        if (rc < 0)
+            return -1;
+    }
+    if (!a->alertname.len || !a->fingerprint.len || !have_ts || !span_in(a->state, states)) {
+        snprintf(err, cap, "alert record lacks alertname, fingerprint or ts, or has an unknown state");
+        return -1;
+    }
+    return 0;
+}

@@ -230,4 +230,31 @@ typedef struct {
 void msg_budget_pack(msgpack_packer *pk, const msg_budget_t *b);
 int msg_budget_unpack(const msgpack_object *o, msg_budget_t *b, char *err, size_t cap);
 
+/* ---- the alerter's output ------------------------------------------------- */
+
+#define MSG_KIND_ALERT "alert"
+#define MSG_MAX_ANNOTATIONS 8
+
+/* One alert transition (topic alert), as Prometheus and Alertmanager know
+ * alerts: labels identify the alert (alertname and severity among them; the
+ * fingerprint is a hash of the sorted labels), annotations describe it
+ * (summary, description, value, limit...). state is "pending", "firing" or
+ * "resolved"; starts_at is when it went firing (pending: when the condition
+ * began), ends_at when it resolved (0 while it has not). */
+typedef struct {
+    span_t alertname, state, severity, fingerprint;
+    size_t nlabels;
+    msg_tag_t labels[MSG_MAX_TAGS]; /* sorted by key */
+    size_t nannotations;
+    msg_tag_t annotations[MSG_MAX_ANNOTATIONS];
+    double value;       /* the rule's value when it changed state */
+    int64_t starts_at, ends_at, ts; /* unix ns */
+} msg_alert_t;
+
+void msg_alert_pack(msgpack_packer *pk, const msg_alert_t *a);
+/* Strict: alertname, state, fingerprint and ts present; state one of the
+ * three; labels and annotations maps of strings within their caps; value
+ * finite. */
+int msg_alert_unpack(const msgpack_object *o, msg_alert_t *a, char *err, size_t cap);
+
 #endif

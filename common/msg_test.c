@@ -1032,6 +1032,94 @@ static void test_flush_unpack_table(void **state)
     }
 }
 
+/* An alert transition goes there and back whole; malformed ones are refused
+ * with a reason. */
+static void test_alert_round_trip(void **state)
+{
+    (void)state;
+    msg_alert_t a = { 0 };
+    a.alertname = span_cstr("LLMBudgetExceeded");
+    a.state = span_cstr("firing");
+    a.severity = span_cstr("critical");
+    a.fingerprint = span_cstr("00112233aabbccdd");
+    a.nlabels = 3;
+    a.labels[0] = (msg_tag_t){ span_cstr("alertname"), span_cstr("LLMBudgetExceeded") };
+    a.labels[1] = (msg_tag_t){ span_cstr("budget"), span_cstr("daily") };
+    a.labels[2] = (msg_tag_t){ span_cstr("severity"), span_cstr("critical") };
+    a.nannotations = 1;
+    a.annotations[0] = (msg_tag_t){ span_cstr("summary"), span_cstr("Budget daily is at 101% of $10") };
+    a.value = 1.01;
+    a.starts_at = 1795305600LL * 1000000000LL;
+    a.ts = a.starts_at + 5;
+    for (int resolved = 0; resolved < 2; resolved++) {
+        if (resolved) {
+            a.state = span_cstr("resolved");
+            a.ends_at = a.ts + 60;
+        }
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        msg_alert_pack(&pk, &a);
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        msg_alert_t b;
+        char err[256];
+        assert_int_equal(msg_alert_unpack(unpack(&up, sb.data, sb.size), &b, err, sizeof err), 0);
+        assert_true(span_eq(b.alertname, a.alertname) && span_eq(b.state, a.state) &&
+                    span_eq(b.severity, a.severity) && span_eq(b.fingerprint, a.fingerprint));
+        assert_int_equal(b.nlabels, 3);
+        assert_true(span_eq(b.labels[1].value, span_cstr("daily")));
+        assert_int_equal(b.nannotations, 1);
+        assert_true(b.value == 1.01);
+        assert_int_equal(b.starts_at, a.starts_at);
+        assert_int_equal(b.ends_at, a.ends_at);
+        assert_int_equal(b.ts, a.ts);
+        msgpack_unpacked_destroy(&up);
+        msgpack_sbuffer_destroy(&sb);
+    }
+    /* refusals: an unknown state, no fingerprint, labels not strings, not a map */
+    for (int k = 0; k < 4; k++) {
+        msgpack_sbuffer sb;
+        msgpack_sbuffer_init(&sb);
+        msgpack_packer pk;
+        msgpack_packer_init(&pk, &sb, msgpack_sbuffer_write);
+        if (k == 3) {
+            msgpack_pack_array(&pk, 1);
+            msgpack_pack_int(&pk, 1);
+        } else {
+            msgpack_pack_map(&pk, k == 1 ? 3 : k == 2 ? 5 : 4);
+            msgpack_pack_str_with_body(&pk, "alertname", 9);
+            msgpack_pack_str_with_body(&pk, "x", 1);
+            msgpack_pack_str_with_body(&pk, "state", 5);
+            if (k == 0)
+                msgpack_pack_str_with_body(&pk, "gone", 4);
+            else
+                msgpack_pack_str_with_body(&pk, "firing", 6);
+            if (k != 1) {
+                msgpack_pack_str_with_body(&pk, "fingerprint", 11);
+                msgpack_pack_str_with_body(&pk, "f", 1);
+            }
+            msgpack_pack_str_with_body(&pk, "ts", 2);
+            msgpack_pack_int(&pk, 1);
+            if (k == 2) {
+                msgpack_pack_str_with_body(&pk, "labels", 6);
+                msgpack_pack_map(&pk, 1);
+                msgpack_pack_str_with_body(&pk, "k", 1);
+                msgpack_pack_int(&pk, 1);
+            }
+        }
+        msgpack_unpacked up;
+        msgpack_unpacked_init(&up);
+        msg_alert_t b;
+        char err[256] = "";
+        if (msg_alert_unpack(unpack(&up, sb.data, sb.size), &b, err, sizeof err) != -1 || !err[0])
+            fail_msg("bad alert %d accepted or refused without a reason", k);
+        msgpack_unpacked_destroy(&up);
+        msgpack_sbuffer_destroy(&sb);
+    }
+}
+
 int main(int argc, char **argv)
 {
     const struct CMUnitTest tests[] = {
@@ -1045,6 +1133,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_pack_span),
         cmocka_unit_test(test_flush_round_trip),
         cmocka_unit_test(test_flush_unpack_table),
+        cmocka_unit_test(test_alert_round_trip),
     };
     if (argc > 1 && argv[1][0])
         cmocka_set_test_filter(argv[1]);

@@ -83,6 +83,55 @@ static void complain(exporter_t *d, const bus_msg_t *m, uint32_t i, const char *
                  "src=%s seq=%llu record=%u reason=\"%s\"", src, (unsigned long long)m->seq, i, why);
 }
 
+static void json_str(mbuf_t *b, span_t s)
+{
+    static const char hex[] = "0123456789abcdef";
+    mbuf_append(b, "\"", 1);
+    for (size_t i = 0; i < s.len; i++) {
+        unsigned char c = (unsigned char)s.p[i];
+        if (c == '"' || c == '\\') {
+            char e[2] = { '\\', (char)c };
+            mbuf_append(b, e, 2);
+        } else if (c < 0x20) {
+            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
+            mbuf_append(b, e, 6);
+        } else {
+            mbuf_append(b, &s.p[i], 1);
+        }
+    }
+    mbuf_append(b, "\"", 1);
+}
+
+static void json_map(mbuf_t *b, const msg_tag_t *t, size_t n)
+{
+    mbuf_append(b, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            mbuf_append(b, ",", 1);
+        json_str(b, t[i].key);
+        mbuf_append(b, ":", 1);
+        json_str(b, t[i].value);
+    }
+    mbuf_append(b, "}", 1);
+}
+
+/* An alert transition to Loki: its labels and annotations as one object. */
+static void loki_alert_msg(exporter_t *d, const msg_alert_t *a)
+{
+    mbuf_t j = { 0 };
+    mbuf_append(&j, "{\"labels\":", 11);
+    json_map(&j, a->labels, a->nlabels);
+    mbuf_append(&j, ",\"annotations\":", 15);
+    json_map(&j, a->annotations, a->nannotations);
+    mbuf_append(&j, "}", 1);
+    char name[128], state[16], sev[32];
+    snprintf(name, sizeof name, "%.*s", (int)a->alertname.len, a->alertname.p);
+    snprintf(state, sizeof state, "%.*s", (int)a->state.len, a->state.p);
+    snprintf(sev, sizeof sev, "%.*s", (int)a->severity.len, a->severity.p ? a->severity.p : "");
+    loki_alert(d->loki, name, state, sev, j.data, j.len, a->ts);
+    mbuf_free(&j);
+}
+
 static int apply_msg(void *arg, const bus_msg_t *m)
 {
     exporter_t *d = arg;
@@ -130,6 +179,14 @@ static int apply_msg(void *arg, const bus_msg_t *m)
                 continue;
             }
             model_quota(d->model, &q);
+        } else if (span_eq_cstr(m->kind, MSG_KIND_ALERT)) {
+            msg_alert_t a;
+            if (msg_alert_unpack(r, &a, err, sizeof err) < 0) {
+                complain(d, m, i, err);
+                continue;
+            }
+            if (d->loki)
+                loki_alert_msg(d, &a);
         } else if (span_eq_cstr(m->kind, MSG_KIND_FLUSH)) {
             msg_flush_t f;
             if (msg_flush_unpack(r, &f, err, sizeof err) < 0) {

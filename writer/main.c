@@ -106,9 +106,9 @@ static void free_positions(writer_t *d)
 /* The subscriber, from the positions stored in PostgreSQL. */
 static int subscribe(writer_t *d, char *err, size_t cap)
 {
-    static const char *const prefixes[] = { "ev.", "roll.", "budget", "quota" };
-    static const int peers[] = { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR };
-    d->rsub = buscfg_subscriber(&d->bus, d->zctx, d->cfg, peers, 2, prefixes, 4, RSUB_FROM_OLDEST,
+    static const char *const prefixes[] = { "ev.", "roll.", "budget", "quota", "alert" };
+    static const int peers[] = { CFG_PEER_COLLECTD, CFG_PEER_AGGREGATOR, CFG_PEER_ALERTER };
+    d->rsub = buscfg_subscriber(&d->bus, d->zctx, d->cfg, peers, 3, prefixes, 5, RSUB_FROM_OLDEST,
                                 apply_msg, d, err, cap);
     if (!d->rsub)
         return -1;

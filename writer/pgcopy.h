@@ -87,6 +87,14 @@ static inline void pgcopy_i32(pgcopy_t *c, int32_t v)
     pgcopy_be32(&c->tup, (uint32_t)v);
 }
 
+static inline void pgcopy_f64(pgcopy_t *c, double v)
+{
+    uint64_t u;
+    memcpy(&u, &v, sizeof u);
+    pgcopy_be32(&c->tup, 8);
+    pgcopy_be64(&c->tup, u);
+}
+
 static inline void pgcopy_bool(pgcopy_t *c, bool v)
 {
     pgcopy_be32(&c->tup, 1);

@@ -27,7 +27,7 @@
 
 /* ---- the tables a batch writes ------------------------------------------ */
 
-typedef enum { T_EVENTS, T_ROLLUP, T_BUDGET, T_CROSSING, T_QUOTA, T_N } table_id_t;
+typedef enum { T_EVENTS, T_ROLLUP, T_BUDGET, T_CROSSING, T_QUOTA, T_ALERT, T_N } table_id_t;
 
 typedef struct {
     const char *name;  /* for counters */
@@ -110,6 +110,13 @@ static const table_def_t tables[T_N] = {
                   "\"limit\", src) FROM STDIN (FORMAT binary)",
                   "INSERT INTO quota_history SELECT * FROM pg_temp.quota_in ON CONFLICT DO NOTHING",
                   10, "DELETE FROM pg_temp.quota_in" },
+    [T_ALERT] = { "alert_history",
+                  "COPY pg_temp.alert_in (ts, alertname, state, severity, fingerprint, labels, "
+                  "annotations, value, src, seq) FROM STDIN (FORMAT binary)",
+                  "INSERT INTO alert_history (ts, alertname, state, severity, fingerprint, labels, "
+                  "annotations, value, src, seq) SELECT ts, alertname, state, severity, fingerprint, "
+                  "labels, annotations, value, src, seq FROM pg_temp.alert_in ON CONFLICT DO NOTHING",
+                  10, "DELETE FROM pg_temp.alert_in" },
 };
 
 static const char temp_tables_sql[] =
@@ -118,6 +125,9 @@ static const char temp_tables_sql[] =
     "ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS crossing_in (LIKE budget_crossings) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS quota_in (LIKE quota_history) ON COMMIT DELETE ROWS;"
+    "CREATE TEMP TABLE IF NOT EXISTS alert_in (ts timestamptz, alertname text, state text, "
+    "severity text, fingerprint text, labels jsonb, annotations jsonb, value double precision, "
+    "src text, seq bigint) ON COMMIT DELETE ROWS;"
     "CREATE TEMP TABLE IF NOT EXISTS offsets_in (consumer text, src text, seq bigint) "
     "ON COMMIT DELETE ROWS;";
 
@@ -586,6 +596,57 @@ static void add_quota(pgw_t *w, const bus_msg_t *m, const msgpack_object *rec)
     add_info(w, T_QUOTA, &o);
 }
 
+/* labels or annotations as a JSON object into w->json */
+static void json_object(pgw_t *w, const msg_tag_t *t, size_t n)
+{
+    mbuf_reset(&w->json);
+    mbuf_append(&w->json, "{", 1);
+    for (size_t i = 0; i < n; i++) {
+        if (i)
+            mbuf_append(&w->json, ",", 1);
+        pgw_json_str(&w->json, t[i].key.p ? t[i].key.p : "", t[i].key.len);
+        mbuf_append(&w->json, ":", 1);
+        pgw_json_str(&w->json, t[i].value.p ? t[i].value.p : "", t[i].value.len);
+    }
+    mbuf_append(&w->json, "}", 1);
+}
+
+static void add_alert(pgw_t *w, const bus_msg_t *m, const msgpack_object *rec)
+{
+    origin_t o = origin_of(w, m, rec);
+    msg_alert_t a;
+    char err[256];
+    if (msg_alert_unpack(rec, &a, err, sizeof err) < 0) {
+        refuse(w, &o, MSG_KIND_ALERT, err);
+        return;
+    }
+    bool ok = text_ok(a.alertname) && text_ok(a.state) && text_ok(a.severity) &&
+              text_ok(a.fingerprint);
+    for (size_t i = 0; ok && i < a.nlabels; i++)
+        ok = text_ok(a.labels[i].key) && text_ok(a.labels[i].value);
+    for (size_t i = 0; ok && i < a.nannotations; i++)
+        ok = text_ok(a.annotations[i].key) && text_ok(a.annotations[i].value);
+    if (!ok) {
+        refuse(w, &o, MSG_KIND_ALERT, "a string is not valid UTF-8 or holds a NUL byte");
+        return;
+    }
+    pgcopy_t *c = &w->t[T_ALERT].rows;
+    pgcopy_row(c, tables[T_ALERT].nfields);
+    pgcopy_ts(c, a.ts);
+    pgcopy_text0(c, a.alertname);
+    pgcopy_text0(c, a.state);
+    pgcopy_text(c, a.severity.len ? a.severity : SPAN_NULL);
+    pgcopy_text0(c, a.fingerprint);
+    json_object(w, a.labels, a.nlabels);
+    pgcopy_jsonb(c, w->json.data, w->json.len);
+    json_object(w, a.annotations, a.nannotations);
+    pgcopy_jsonb(c, w->json.data, w->json.len);
+    pgcopy_f64(c, a.value);
+    pgcopy_text(c, m->src);
+    pgcopy_i64(c, (int64_t)m->seq);
+    add_info(w, T_ALERT, &o);
+}
+
 void pgw_apply(pgw_t *w, const bus_msg_t *m, int64_t now_ns)
 {
     if (!pgw_pending(w)) {
@@ -604,6 +665,8 @@ void pgw_apply(pgw_t *w, const bus_msg_t *m, int64_t now_ns)
         add = add_budget;
     else if (span_eq_cstr(m->kind, MSG_KIND_QUOTA) && span_eq_cstr(m->topic, "quota"))
         add = add_quota;
+    else if (span_eq_cstr(m->kind, MSG_KIND_ALERT) && span_eq_cstr(m->topic, "alert"))
+        add = add_alert;
     char kind[72];
     printable(kind, sizeof kind, m->kind.p, m->kind.len);
     if (!usage && !add) {
@@ -849,7 +912,7 @@ static pgres_t write_batch(pgw_t *w, const pgw_pos_t *pos, size_t npos, bool car
                            size_t cap)
 {
     static const char *const kinds[T_N] = { MSG_KIND_USAGE, MSG_KIND_ROLLUP, MSG_KIND_BUDGET,
-                                            MSG_KIND_BUDGET, MSG_KIND_QUOTA };
+                                            MSG_KIND_BUDGET, MSG_KIND_QUOTA, MSG_KIND_ALERT };
     for (int i = 0; i < T_N; i++)
         w->t[i].refused = 0;
     pgres_t rc = exec(w, "BEGIN", err, cap);

@@ -1,16 +1,19 @@
 /* tokmonctl: the operator's command line. keygen makes UDP signing keys and
  * CURVE key pairs; stats prints every stage's own counters from the bus;
  * quota, budgets, top and usage ask the aggregator (every shard when the
- * answer is spread over them, see query_client.h) and print a table or JSON. */
+ * answer is spread over them, see query_client.h), alerts and silence ask
+ * the alerter's control socket; each prints a table or JSON. */
 #include <assert.h>
 #include <errno.h>
 #include <getopt.h>
 #include <jansson.h>
+#include <pwd.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 #include <zmq.h>
 
 #include "auth.h"
@@ -44,6 +47,14 @@ static void usage(FILE *f)
             "  usage --by user|account|model|project [--id KEY] [--window DURATION]\n"
             "                          usage per key, or of one key\n"
             "  (the aggregator answers these four; each takes --json, --timeout SECONDS,\n"
+            "  --endpoint EP and --help)\n"
+            "  alerts [--state firing|pending]\n"
+            "                          the alerts the alerter holds\n"
+            "  silence add MATCHER... --duration DURATION [--comment TEXT] [--by NAME]\n"
+            "                          keep the matching alerts out of notifications\n"
+            "  silence list            the active silences\n"
+            "  silence expire ID       end a silence now\n"
+            "  (the alerter answers these; each takes --json, --timeout SECONDS,\n"
             "  --endpoint EP and --help)\n\n"
             "  -c, --config FILE       configuration file (default $TOKMON_CONFIG or " CFG_DEFAULT_PATH ")\n"
             "  -h, --help              this text\n"
@@ -237,6 +248,7 @@ typedef struct {
     bool json;
     double timeout; /* seconds */
     const char *endpoint;
+    bool alerter; /* ask [alerter] control, not [aggregator] query */
 } qopts_t;
 
 #define QOPTS_LONG                                                                                 \
@@ -325,8 +337,21 @@ static void pack_str(msgpack_packer *pk, const char *s)
     msgpack_pack_str_body(pk, s, n);
 }
 
+/* query_client words its errors for the aggregator; the alerter's
+ * control socket speaks the same protocol, so name the peer asked. */
+static void say_alerter(char *err)
+{
+    static const char was[] = "the aggregator", now[] = "the alerter";
+    char *p = strstr(err, was);
+    if (!p)
+        return;
+    memcpy(p, now, sizeof now - 1);
+    memmove(p + sizeof now - 1, p + sizeof was - 1, strlen(p + sizeof was - 1) + 1);
+}
+
 /* Asks the aggregator req: every shard, or the shard owning user when
- * owner is set. 0, or the exit status after saying what went wrong. */
+ * owner is set; or the alerter (q->alerter), which has one endpoint. 0, or
+ * the exit status after saying what went wrong. */
 static int ask(const qopts_t *q, const mbuf_t *req, const char *owner, query_client_answers_t *ans)
 {
     char err[4096];
@@ -338,7 +363,14 @@ static int ask(const qopts_t *q, const mbuf_t *req, const char *owner, query_cli
             fprintf(stderr, NAME ": %s\n", err);
             return 1;
         }
-        eps = cfg->aggregator.query;
+        eps = q->alerter ? cfg->alerter.control : cfg->aggregator.query;
+    }
+    if (q->alerter && (!*eps || strchr(eps, ','))) {
+        fprintf(stderr, NAME ": %s: the alerter answers on one endpoint%s\n",
+                q->endpoint ? "--endpoint" : "[alerter] control",
+                *eps ? ", not a list" : ", and it is empty");
+        cfg_destroy(&cfg);
+        return q->endpoint ? 2 : 1;
     }
     query_client_t *c = query_client_new(eps, (int64_t)(q->timeout * 1e9), err, sizeof err);
     cfg_destroy(&cfg);
@@ -351,6 +383,8 @@ static int ask(const qopts_t *q, const mbuf_t *req, const char *owner, query_cli
                    : query_client_ask_all(c, req->data, req->len, ans, err, sizeof err);
     query_client_destroy(&c);
     if (rc < 0) {
+        if (q->alerter)
+            say_alerter(err);
         fprintf(stderr, NAME ": %s\n", err);
         return 1;
     }
@@ -974,6 +1008,663 @@ static int cmd_rows(const char *cfg_path, int argc, char **argv, bool top)
     return rows_run(&q, &rq, top);
 }
 
+/* ---- questions to the alerter: alerts and silences ----------------------- */
+
+#define AOPTS_HELP                                                                                 \
+    "  --json              print the answer as one JSON object (keys below)\n"                     \
+    "  --timeout SECONDS   wait this long for the alerter (default 5)\n"                           \
+    "  --endpoint EP       ask EP instead of [alerter] control (the config is then not\n"          \
+    "                      read)\n"                                                                \
+    "  -h, --help          this text\n"
+
+#define AJSON_HELP                                                                                 \
+    "Every answer has \"ok\" (true), \"shard\" (0) and \"shards\" (1): the alerter is one\n"       \
+    "process. Times are unix nanoseconds.\n"
+
+#define SILENCE_MAX_SECONDS (366 * 86400) /* the alerter's limit */
+
+/* The value of key in the map m when it has type t (an integer: either
+ * sign, asked as POSITIVE_INTEGER), else NULL. */
+static const msgpack_object *mp_get(const msgpack_object *m, const char *key, msgpack_object_type t)
+{
+    size_t kl = strlen(key);
+    for (uint32_t i = 0; m->type == MSGPACK_OBJECT_MAP && i < m->via.map.size; i++) {
+        const msgpack_object *k = &m->via.map.ptr[i].key, *v = &m->via.map.ptr[i].val;
+        if (k->type != MSGPACK_OBJECT_STR || k->via.str.size != kl ||
+            memcmp(k->via.str.ptr, key, kl))
+            continue;
+        bool is_int = v->type == MSGPACK_OBJECT_POSITIVE_INTEGER ||
+                      v->type == MSGPACK_OBJECT_NEGATIVE_INTEGER;
+        return v->type == t || (t == MSGPACK_OBJECT_POSITIVE_INTEGER && is_int) ? v : NULL;
+    }
+    return NULL;
+}
+
+static bool mp_str(const msgpack_object *m, const char *key, span_t *s)
+{
+    const msgpack_object *o = mp_get(m, key, MSGPACK_OBJECT_STR);
+    if (o)
+        *s = span_make(o->via.str.size ? o->via.str.ptr : "", o->via.str.size);
+    return o != NULL;
+}
+
+static bool mp_i64(const msgpack_object *m, const char *key, int64_t *v)
+{
+    const msgpack_object *o = mp_get(m, key, MSGPACK_OBJECT_POSITIVE_INTEGER);
+    if (!o || (o->type == MSGPACK_OBJECT_POSITIVE_INTEGER && o->via.u64 > INT64_MAX))
+        return false;
+    *v = o->type == MSGPACK_OBJECT_POSITIVE_INTEGER ? (int64_t)o->via.u64 : o->via.i64;
+    return true;
+}
+
+static int span_cmp(span_t a, span_t b)
+{
+    size_t n = a.len < b.len ? a.len : b.len;
+    int c = n ? memcmp(a.p, b.p, n) : 0;
+    return c ? c : (a.len > b.len) - (a.len < b.len);
+}
+
+static json_t *tags_json(const msg_tag_t *t, size_t n)
+{
+    json_t *m = json_object();
+    for (size_t i = 0; i < n; i++) {
+        json_t *k = mp2json_str(t[i].key);
+        if (json_is_string(k))
+            json_object_set_new(m, json_string_value(k), mp2json_str(t[i].value));
+        json_decref(k);
+    }
+    return m;
+}
+
+/* ---- alerts --------------------------------------------------------------- */
+
+static void alerts_help(FILE *f)
+{
+    fprintf(f, "Usage: " NAME " [-c FILE] alerts [--state firing|pending] [options]\n\n"
+               "The alerts the alerter holds, one row each: STATE ALERTNAME SEVERITY SINCE\n"
+               "LABELS SUMMARY; firing first, then pending (then resolved ones not yet\n"
+               "notified), each by name and start. SINCE is when the alert went firing\n"
+               "(pending: when its condition began); LABELS are its other labels, written\n"
+               "as silence matchers.\n\n"
+               "  --state S           only the alerts in state S: firing or pending\n" AOPTS_HELP "\n"
+               "JSON: {ok, shard, shards, alerts: [{alertname, state, severity, fingerprint,\n"
+               "labels, annotations, value, starts_at, ends_at, ts}, ...]} in the order of\n"
+               "the table: labels and annotations are objects of strings, value is the\n"
+               "rule's value when the alert changed state, ends_at 0 while not resolved.\n" AJSON_HELP);
+}
+
+/* The alerts of an answer, each checked by msg_alert_unpack, into *out (an
+ * array of *n to free; its spans borrow from the answer). 0, or -1 with a
+ * reason in err. */
+static int alerts_decode(const msgpack_object *m, msg_alert_t **out, size_t *n, char *err,
+                         size_t cap)
+{
+    const msgpack_object *a = mp_get(m, "alerts", MSGPACK_OBJECT_ARRAY);
+    *out = NULL;
+    *n = 0;
+    if (!a) {
+        snprintf(err, cap, "the answer's \"alerts\" is missing or not an array");
+        return -1;
+    }
+    *out = xcalloc(a->via.array.size ? a->via.array.size : 1, sizeof **out);
+    for (uint32_t i = 0; i < a->via.array.size; i++) {
+        char why[256];
+        if (msg_alert_unpack(&a->via.array.ptr[i], &(*out)[i], why, sizeof why) < 0) {
+            snprintf(err, cap, "alert %u of the answer: %s", i + 1, why);
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return -1;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+static int state_rank(span_t s)
+{
+    return span_eq_cstr(s, "firing") ? 0 : span_eq_cstr(s, "pending") ? 1 : 2;
+}
+
+static int alert_cmp(const void *x, const void *y)
+{
+    const msg_alert_t *a = *(const msg_alert_t *const *)x, *b = *(const msg_alert_t *const *)y;
+    int c = state_rank(a->state) - state_rank(b->state);
+    if (!c)
+        c = span_cmp(a->alertname, b->alertname);
+    if (!c)
+        c = (a->starts_at > b->starts_at) - (a->starts_at < b->starts_at);
+    return c ? c : span_cmp(a->fingerprint, b->fingerprint);
+}
+
+static json_t *alert_json(const msg_alert_t *a)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "alertname", mp2json_str(a->alertname));
+    json_object_set_new(o, "state", mp2json_str(a->state));
+    json_object_set_new(o, "severity", mp2json_str(a->severity));
+    json_object_set_new(o, "fingerprint", mp2json_str(a->fingerprint));
+    json_object_set_new(o, "labels", tags_json(a->labels, a->nlabels));
+    json_object_set_new(o, "annotations", tags_json(a->annotations, a->nannotations));
+    json_object_set_new(o, "value", json_real(a->value));
+    json_object_set_new(o, "starts_at", json_integer(a->starts_at));
+    json_object_set_new(o, "ends_at", json_integer(a->ends_at));
+    json_object_set_new(o, "ts", json_integer(a->ts));
+    return o;
+}
+
+/* An alert's labels but alertname and severity (columns of their own), as
+ * "name=value name=value" so that they can be pasted as silence matchers;
+ * "-" when none. Free it. */
+static char *alert_labels(const msg_alert_t *a)
+{
+    size_t cap = 2;
+    for (size_t i = 0; i < a->nlabels; i++)
+        cap += a->labels[i].key.len + a->labels[i].value.len + 2;
+    char *s = xmalloc(cap);
+    size_t n = 0;
+    for (size_t i = 0; i < a->nlabels; i++) {
+        const msg_tag_t *l = &a->labels[i];
+        if (span_eq_cstr(l->key, "alertname") || span_eq_cstr(l->key, "severity"))
+            continue;
+        n += (size_t)snprintf(s + n, cap - n, "%s%.*s=%.*s", n ? " " : "", (int)l->key.len,
+                              l->key.p, (int)l->value.len, l->value.p);
+    }
+    if (!n)
+        snprintf(s, cap, "-");
+    return s;
+}
+
+static void alerts_table(const msg_alert_t *const *v, size_t n)
+{
+    table_t t = { .align = "llllll", .ncol = 6 };
+    const char *head[] = { "STATE", "ALERTNAME", "SEVERITY", "SINCE", "LABELS", "SUMMARY" };
+    for (size_t i = 0; i < 6; i++)
+        table_add(&t, "%s", head[i]);
+    for (size_t i = 0; i < n; i++) {
+        const msg_alert_t *a = v[i];
+        span_t summary = SPAN_NULL;
+        for (size_t k = 0; k < a->nannotations; k++)
+            if (span_eq_cstr(a->annotations[k].key, "summary"))
+                summary = a->annotations[k].value;
+        char ts[64], *labels = alert_labels(a);
+        table_add(&t, "%.*s", (int)a->state.len, a->state.p);
+        table_add(&t, "%.*s", (int)a->alertname.len, a->alertname.p);
+        if (a->severity.len)
+            table_add(&t, "%.*s", (int)a->severity.len, a->severity.p);
+        else
+            table_add(&t, "-");
+        table_add(&t, "%s", fmt_time(a->starts_at, ts, sizeof ts));
+        table_add(&t, "%s", labels);
+        if (summary.len)
+            table_add(&t, "%.*s", (int)summary.len, summary.p);
+        else
+            table_add(&t, "-");
+        free(labels);
+    }
+    table_print(&t);
+}
+
+static int cmd_alerts(const char *cfg_path, int argc, char **argv)
+{
+    static const struct option opts[] = { QOPTS_LONG,
+                                          { "state", required_argument, NULL, 's' },
+                                          { NULL, 0, NULL, 0 } };
+    qopts_t q = { .cfg_path = cfg_path, .timeout = 5, .alerter = true };
+    const char *state = NULL;
+    int o, r;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if ((r = qopt(o, &q)) < 0)
+            return 2;
+        if (r)
+            continue;
+        if (o == 's') {
+            state = optarg;
+            if (strcmp(state, "firing") && strcmp(state, "pending")) {
+                fprintf(stderr, NAME " alerts: --state: firing or pending\n");
+                return 2;
+            }
+        } else if (o == 'h') {
+            alerts_help(stdout);
+            return 0;
+        } else {
+            return 2;
+        }
+    }
+    if (optind < argc) {
+        fprintf(stderr, NAME " alerts: unexpected '%s'\n", argv[optind]);
+        alerts_help(stderr);
+        return 2;
+    }
+    mbuf_t req = { 0 };
+    msgpack_packer pk;
+    mbuf_packer(&req, &pk);
+    msgpack_pack_map(&pk, 1);
+    pack_str(&pk, "q"), pack_str(&pk, "alerts");
+    query_client_answers_t ans;
+    int rc = ask(&q, &req, NULL, &ans);
+    mbuf_free(&req);
+    msg_alert_t *all = NULL;
+    size_t n = 0;
+    char err[512];
+    if (rc == 0 && alerts_decode(&ans.v[0].up.data, &all, &n, err, sizeof err) < 0)
+        rc = bad_answer(&ans.v[0], err);
+    if (rc == 0) {
+        const msg_alert_t **v = xcalloc(n ? n : 1, sizeof *v);
+        size_t k = 0;
+        for (size_t i = 0; i < n; i++)
+            if (!state || span_eq_cstr(all[i].state, state))
+                v[k++] = &all[i];
+        qsort(v, k, sizeof *v, alert_cmp);
+        if (q.json) {
+            json_t *j = json_head(&ans, ans.n), *a = json_array();
+            for (size_t i = 0; i < k; i++)
+                json_array_append_new(a, alert_json(v[i]));
+            json_object_set_new(j, "alerts", a);
+            print_json(j);
+        } else {
+            alerts_table(v, k);
+        }
+        free(v);
+    }
+    free(all);
+    query_client_answers_free(&ans);
+    return rc;
+}
+
+/* ---- silences ------------------------------------------------------------- */
+
+static void silence_help(FILE *f)
+{
+    fprintf(f, "Usage: " NAME " [-c FILE] silence add MATCHER... --duration DURATION\n"
+               "           [--comment TEXT] [--by NAME] [options]\n"
+               "       " NAME " [-c FILE] silence list [options]\n"
+               "       " NAME " [-c FILE] silence expire ID [options]\n\n"
+               "A silence keeps the alerts it matches out of notifications for a while;\n"
+               "they still fire and `" NAME " alerts` still lists them. It matches an\n"
+               "alert when all its matchers match the alert's labels (alertname, severity\n"
+               "and the LABELS of `" NAME " alerts`): name=value, name!=value,\n"
+               "name=~regex, name!~regex (anchored POSIX extended regexes). Spaces and\n"
+               "commas separate matchers, as the alerter reads them, so a value holds\n"
+               "neither; the alerter judges the values.\n\n"
+               "add prints the new silence's ID; list prints the active silences, one row\n"
+               "each: ID MATCHERS CREATED UNTIL BY COMMENT; expire ends one now.\n\n"
+               "  --duration DURATION how long from now: 90s, 30m, 2h, 1d (at most 366d)\n"
+               "  --comment TEXT      why (default empty)\n"
+               "  --by NAME           who (default $USER@hostname)\n" AOPTS_HELP "\n"
+               "JSON: add {ok, shard, shards, id}; list {ok, shard, shards, silences: [{id,\n"
+               "matchers, comment, by, created, until}, ...]}; expire {ok, shard, shards,\n"
+               "id}.\n" AJSON_HELP);
+}
+
+/* as the alerter reads a label name: [A-Za-z_][A-Za-z0-9_]* */
+static bool name_char(char c, bool first)
+{
+    return c == '_' || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (!first && c >= '0' && c <= '9');
+}
+
+/* p[0..len) is a label name, an operator (=, !=, =~, !~) and a value; the
+ * value (a regex, say) is the alerter's to judge. */
+static bool matcher_ok(const char *p, size_t len)
+{
+    size_t n = 0;
+    while (n < len && name_char(p[n], n == 0))
+        n++;
+    if (n == 0 || n == len)
+        return false;
+    return p[n] == '=' || (n + 1 < len && p[n] == '!' && (p[n + 1] == '=' || p[n + 1] == '~'));
+}
+
+#define MATCHER_SYNTAX "expected NAME=VALUE, NAME!=VALUE, NAME=~REGEX or NAME!~REGEX"
+
+/* The MATCHER arguments checked and joined by single spaces (free it), or
+ * NULL with a reason in err. An argument may hold several matchers, split
+ * at spaces and commas as the alerter splits them. */
+static char *silence_matchers(int n, char *const *args, char *err, size_t cap)
+{
+    size_t len = 1;
+    for (int i = 0; i < n; i++)
+        len += strlen(args[i]) + 1;
+    char *out = xmalloc(len), *o = out;
+    for (int i = 0; i < n; i++) {
+        const char *p = args[i];
+        bool any = false;
+        while (*p) {
+            size_t k = strcspn(p, " ,");
+            if (k && !matcher_ok(p, k)) {
+                snprintf(err, cap, "matcher '%.*s': " MATCHER_SYNTAX, (int)k, p);
+                free(out);
+                return NULL;
+            }
+            if (k) {
+                if (o != out)
+                    *o++ = ' ';
+                memcpy(o, p, k);
+                o += k;
+                any = true;
+            }
+            p += k ? k : 1;
+        }
+        if (!any) {
+            snprintf(err, cap, "matcher '%s': " MATCHER_SYNTAX, args[i]);
+            free(out);
+            return NULL;
+        }
+    }
+    *o = '\0';
+    if (o == out || o - out > MSG_MAX_STR) {
+        snprintf(err, cap, "%s",
+                 o == out ? "name at least one MATCHER, such as alertname=NAME or user=~bob.*"
+                          : "the matchers have more than 1024 bytes");
+        free(out);
+        return NULL;
+    }
+    return out;
+}
+
+/* $USER@hostname, as who made a silence */
+static void default_by(char *buf, size_t cap)
+{
+    const char *user = getenv("USER");
+    if (!user || !*user) {
+        const struct passwd *pw = getpwuid(getuid());
+        user = pw && *pw->pw_name ? pw->pw_name : "unknown";
+    }
+    char host[256];
+    if (gethostname(host, sizeof host) != 0 || !*host)
+        snprintf(host, sizeof host, "unknown");
+    host[sizeof host - 1] = '\0';
+    snprintf(buf, cap, "%s@%s", user, host);
+}
+
+/* An id from the network as one can type it again: 1 to 64 printable
+ * characters, no space. */
+static bool id_ok(span_t id)
+{
+    if (!id.len || id.len > 64)
+        return false;
+    for (size_t i = 0; i < id.len; i++)
+        if (id.p[i] <= ' ' || id.p[i] > '~')
+            return false;
+    return true;
+}
+
+static int cmd_silence_add(const char *cfg_path, int argc, char **argv)
+{
+    static const struct option opts[] = {
+        QOPTS_LONG,
+        { "duration", required_argument, NULL, 'd' },
+        { "comment", required_argument, NULL, 'm' },
+        { "by", required_argument, NULL, 'b' },
+        { NULL, 0, NULL, 0 },
+    };
+    qopts_t q = { .cfg_path = cfg_path, .timeout = 5, .alerter = true };
+    int64_t duration = 0;
+    const char *comment = "", *by = NULL;
+    int o, r;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if ((r = qopt(o, &q)) < 0)
+            return 2;
+        if (r)
+            continue;
+        const char *bad = NULL;
+        switch (o) {
+        case 'd':
+            duration = parse_duration(optarg);
+            bad = duration > 0 && duration <= SILENCE_MAX_SECONDS
+                      ? NULL
+                      : "--duration: a duration such as 90s, 30m, 2h or 1d, more than 0 and at "
+                        "most 366d";
+            break;
+        case 'm':
+            comment = optarg;
+            bad = strlen(optarg) <= MSG_MAX_STR ? NULL : "--comment: at most 1024 bytes";
+            break;
+        case 'b':
+            by = optarg;
+            bad = *optarg && strlen(optarg) <= MSG_MAX_STR ? NULL : "--by: 1 to 1024 bytes";
+            break;
+        case 'h':
+            silence_help(stdout);
+            return 0;
+        default:
+            return 2;
+        }
+        if (bad) {
+            fprintf(stderr, NAME " silence add: %s\n", bad);
+            return 2;
+        }
+    }
+    if (!duration) {
+        fprintf(stderr, NAME " silence add: --duration is required (such as 30m, 2h or 1d)\n");
+        return 2;
+    }
+    char err[512], who[MSG_MAX_STR + 1];
+    char *matchers = silence_matchers(argc - optind, argv + optind, err, sizeof err);
+    if (!matchers) {
+        fprintf(stderr, NAME " silence add: %s\n", err);
+        return 2;
+    }
+    if (!by) {
+        default_by(who, sizeof who);
+        by = who;
+    }
+    mbuf_t req = { 0 };
+    msgpack_packer pk;
+    mbuf_packer(&req, &pk);
+    msgpack_pack_map(&pk, 5);
+    pack_str(&pk, "q"), pack_str(&pk, "silence_add");
+    pack_str(&pk, "matchers"), pack_str(&pk, matchers);
+    pack_str(&pk, "duration"), msgpack_pack_int64(&pk, duration);
+    pack_str(&pk, "comment"), pack_str(&pk, comment);
+    pack_str(&pk, "by"), pack_str(&pk, by);
+    free(matchers);
+    query_client_answers_t ans;
+    int rc = ask(&q, &req, NULL, &ans);
+    mbuf_free(&req);
+    span_t id = SPAN_NULL;
+    if (rc == 0 && (!mp_str(&ans.v[0].up.data, "id", &id) || !id_ok(id)))
+        rc = bad_answer(&ans.v[0], "the answer's \"id\" is missing or not 1 to 64 printable "
+                                   "characters");
+    if (rc == 0 && q.json) {
+        json_t *j = json_head(&ans, ans.n);
+        json_object_set_new(j, "id", mp2json_str(id));
+        print_json(j);
+    } else if (rc == 0) {
+        printf("%.*s\n", (int)id.len, id.p);
+    }
+    query_client_answers_free(&ans);
+    return rc;
+}
+
+typedef struct {
+    span_t id, matchers, comment, by;
+    int64_t created, until;
+} silence_t;
+
+/* The silences of an answer into *out (an array of *n to free; its spans
+ * borrow from the answer). 0, or -1 with a reason in err. */
+static int silences_decode(const msgpack_object *m, silence_t **out, size_t *n, char *err,
+                           size_t cap)
+{
+    const msgpack_object *a = mp_get(m, "silences", MSGPACK_OBJECT_ARRAY);
+    *out = NULL;
+    *n = 0;
+    if (!a) {
+        snprintf(err, cap, "the answer's \"silences\" is missing or not an array");
+        return -1;
+    }
+    *out = xcalloc(a->via.array.size ? a->via.array.size : 1, sizeof **out);
+    for (uint32_t i = 0; i < a->via.array.size; i++) {
+        const msgpack_object *o = &a->via.array.ptr[i];
+        silence_t *s = &(*out)[i];
+        if (!mp_str(o, "id", &s->id) || !mp_str(o, "matchers", &s->matchers) ||
+            !mp_str(o, "comment", &s->comment) || !mp_str(o, "by", &s->by) ||
+            !mp_i64(o, "created", &s->created) || !mp_i64(o, "until", &s->until)) {
+            snprintf(err, cap,
+                     "silence %u of the answer lacks a string id, matchers, comment or by, or "
+                     "an integer created or until",
+                     i + 1);
+            free(*out);
+            *out = NULL;
+            *n = 0;
+            return -1;
+        }
+        (*n)++;
+    }
+    return 0;
+}
+
+static json_t *silence_json(const silence_t *s)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "id", mp2json_str(s->id));
+    json_object_set_new(o, "matchers", mp2json_str(s->matchers));
+    json_object_set_new(o, "comment", mp2json_str(s->comment));
+    json_object_set_new(o, "by", mp2json_str(s->by));
+    json_object_set_new(o, "created", json_integer(s->created));
+    json_object_set_new(o, "until", json_integer(s->until));
+    return o;
+}
+
+static void silences_table(const silence_t *v, size_t n)
+{
+    table_t t = { .align = "llllll", .ncol = 6 };
+    const char *head[] = { "ID", "MATCHERS", "CREATED", "UNTIL", "BY", "COMMENT" };
+    for (size_t i = 0; i < 6; i++)
+        table_add(&t, "%s", head[i]);
+    for (size_t i = 0; i < n; i++) {
+        const silence_t *s = &v[i];
+        char c[64], u[64];
+        table_add(&t, "%.*s", (int)s->id.len, s->id.p);
+        table_add(&t, "%.*s", (int)s->matchers.len, s->matchers.p);
+        table_add(&t, "%s", fmt_time(s->created, c, sizeof c));
+        table_add(&t, "%s", fmt_time(s->until, u, sizeof u));
+        if (s->by.len)
+            table_add(&t, "%.*s", (int)s->by.len, s->by.p);
+        else
+            table_add(&t, "-");
+        if (s->comment.len)
+            table_add(&t, "%.*s", (int)s->comment.len, s->comment.p);
+        else
+            table_add(&t, "-");
+    }
+    table_print(&t);
+}
+
+static int cmd_silence_list(const char *cfg_path, int argc, char **argv)
+{
+    static const struct option opts[] = { QOPTS_LONG, { NULL, 0, NULL, 0 } };
+    qopts_t q = { .cfg_path = cfg_path, .timeout = 5, .alerter = true };
+    int o, r;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if ((r = qopt(o, &q)) < 0)
+            return 2;
+        if (r)
+            continue;
+        if (o == 'h') {
+            silence_help(stdout);
+            return 0;
+        }
+        return 2;
+    }
+    if (optind < argc) {
+        fprintf(stderr, NAME " silence list: unexpected '%s'\n", argv[optind]);
+        silence_help(stderr);
+        return 2;
+    }
+    mbuf_t req = { 0 };
+    msgpack_packer pk;
+    mbuf_packer(&req, &pk);
+    msgpack_pack_map(&pk, 1);
+    pack_str(&pk, "q"), pack_str(&pk, "silences");
+    query_client_answers_t ans;
+    int rc = ask(&q, &req, NULL, &ans);
+    mbuf_free(&req);
+    silence_t *v = NULL;
+    size_t n = 0;
+    char err[512];
+    if (rc == 0 && silences_decode(&ans.v[0].up.data, &v, &n, err, sizeof err) < 0)
+        rc = bad_answer(&ans.v[0], err);
+    if (rc == 0 && q.json) {
+        json_t *j = json_head(&ans, ans.n), *a = json_array();
+        for (size_t i = 0; i < n; i++)
+            json_array_append_new(a, silence_json(&v[i]));
+        json_object_set_new(j, "silences", a);
+        print_json(j);
+    } else if (rc == 0) {
+        silences_table(v, n);
+    }
+    free(v);
+    query_client_answers_free(&ans);
+    return rc;
+}
+
+static int cmd_silence_expire(const char *cfg_path, int argc, char **argv)
+{
+    static const struct option opts[] = { QOPTS_LONG, { NULL, 0, NULL, 0 } };
+    qopts_t q = { .cfg_path = cfg_path, .timeout = 5, .alerter = true };
+    int o, r;
+    optind = 1;
+    while ((o = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+        if ((r = qopt(o, &q)) < 0)
+            return 2;
+        if (r)
+            continue;
+        if (o == 'h') {
+            silence_help(stdout);
+            return 0;
+        }
+        return 2;
+    }
+    const char *id = optind < argc ? argv[optind] : NULL;
+    if (!id || argc - optind > 1 || !*id || strlen(id) > MSG_MAX_STR) {
+        fprintf(stderr,
+                NAME " silence expire: name one silence ID (`" NAME " silence list` shows them)\n");
+        silence_help(stderr);
+        return 2;
+    }
+    mbuf_t req = { 0 };
+    msgpack_packer pk;
+    mbuf_packer(&req, &pk);
+    msgpack_pack_map(&pk, 2);
+    pack_str(&pk, "q"), pack_str(&pk, "silence_expire");
+    pack_str(&pk, "id"), pack_str(&pk, id);
+    query_client_answers_t ans;
+    int rc = ask(&q, &req, NULL, &ans);
+    mbuf_free(&req);
+    if (rc == 0 && q.json) {
+        json_t *j = json_head(&ans, ans.n);
+        json_object_set_new(j, "id", json_string(id));
+        print_json(j);
+    }
+    query_client_answers_free(&ans);
+    return rc;
+}
+
+static int cmd_silence(const char *cfg_path, int argc, char **argv)
+{
+    const char *sub = argc > 1 ? argv[1] : "";
+    if (!strcmp(sub, "add"))
+        return cmd_silence_add(cfg_path, argc - 1, argv + 1);
+    if (!strcmp(sub, "list"))
+        return cmd_silence_list(cfg_path, argc - 1, argv + 1);
+    if (!strcmp(sub, "expire"))
+        return cmd_silence_expire(cfg_path, argc - 1, argv + 1);
+    if (!strcmp(sub, "-h") || !strcmp(sub, "--help")) {
+        silence_help(stdout);
+        return 0;
+    }
+    if (*sub)
+        fprintf(stderr, NAME " silence: unknown command '%s': add, list or expire\n", sub);
+    silence_help(stderr);
+    return 2;
+}
+
 int main(int argc, char **argv)
 {
     const char *cfg_path = NULL;
@@ -1023,6 +1714,10 @@ int main(int argc, char **argv)
         return cmd_budgets(cfg_path, sargc, sargv);
     if (!strcmp(cmd, "top") || !strcmp(cmd, "usage"))
         return cmd_rows(cfg_path, sargc, sargv, !strcmp(cmd, "top"));
+    if (!strcmp(cmd, "alerts"))
+        return cmd_alerts(cfg_path, sargc, sargv);
+    if (!strcmp(cmd, "silence"))
+        return cmd_silence(cfg_path, sargc, sargv);
     fprintf(stderr, NAME ": unknown command '%s'\n", cmd);
     usage(stderr);
     return 2;

@@ -200,6 +200,18 @@ static void test_check_answer(void **state)
         { "a map of a billion", NULL, "\xdf\x40\x00\x00\x00", 5, 0, 0, "not one msgpack map" },
         { "trailing bytes", NULL, "\x81\xa2ok\xc3\xc0", 6, 0, 0, "not one msgpack map" },
         { "reserved byte", NULL, "\xc1", 1, 0, 0, "not one msgpack map" },
+        /* tokmonctl asks the alerter's control socket through this client
+         * too: an alert's labels are the deepest answer (map, array, map,
+         * map), which ANSWER_DEPTH must let through */
+        { "the alerter's alerts",
+          "{\"ok\":true,\"shard\":0,\"shards\":1,\"alerts\":[{\"alertname\":\"X\","
+          "\"labels\":{\"alertname\":\"X\",\"user\":\"bob\"},\"annotations\":{}}]}",
+          NULL, 0, 0, 1, NULL },
+        { "the alerter's silences",
+          "{\"ok\":true,\"shard\":0,\"shards\":1,\"silences\":[{\"id\":\"a1\",\"until\":9}]}",
+          NULL, 0, 0, 1, NULL },
+        { "the alerter says no", "{\"ok\":false,\"error\":\"no active silence with that id\"}",
+          NULL, 0, 0, 1, "says: no active silence with that id" },
     };
     mbuf_t b = { 0 };
     for (size_t i = 0; i < ARRAY_LEN(cases); i++) {

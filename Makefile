@@ -71,17 +71,20 @@ EXPORTER_LIB += $(BUILD)/gen/exporter/remote.pb-c.c
 EXPORTER_LIB += exporter/rw.c
 # the alerter's code, also linked into its tests (one line per module)
 ALERTER_LIB :=
+ALERTER_LIB += alerter/notify.c
+ALERTER_LIB += alerter/rules.c
+ALERTER_LIB += alerter/engine.c
+ALERTER_LIB += alerter/digest.c
 # what unit tests and fuzzers link besides libtokmon
 APP_LIB := $(COLLECTD_LIB) $(AGGREGATOR_LIB) $(WRITER_LIB) $(EXPORTER_LIB) $(ALERTER_LIB)
 
-BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-exporter tokmon-emit tokmon-tap tokmonctl
+BINS := tokmon-collectd tokmon-aggregator tokmon-pgwriter tokmon-exporter tokmon-alerter tokmon-emit tokmon-tap tokmonctl
 tokmon-collectd_SRC := collectd/main.c $(COLLECTD_LIB)
 tokmon-aggregator_SRC := aggregator/main.c $(AGGREGATOR_LIB)
 tokmon-pgwriter_SRC := writer/main.c $(WRITER_LIB)
 tokmon-exporter_SRC := exporter/main.c $(EXPORTER_LIB) aggregator/ktab.c aggregator/cal.c
-# engine and digest join ALERTER_LIB once rules.c and notify.c are in
-tokmon-alerter_SRC  := alerter/main.c alerter/engine.c alerter/digest.c $(ALERTER_LIB) \
-                       aggregator/ktab.c aggregator/cal.c aggregator/snap.c
+tokmon-alerter_SRC  := alerter/main.c $(ALERTER_LIB) aggregator/ktab.c aggregator/cal.c \
+                       aggregator/snap.c
 tokmon-emit_SRC     := tools/emit.c tools/demo.c tools/wire.c
 tokmon-tap_SRC      := tools/tap.c tools/mp2json.c
 tokmonctl_SRC       := tools/ctl.c tools/mp2json.c tools/query_client.c
@@ -95,6 +98,8 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
               writer/pgw_test tools/query_client_test exporter/loki_test exporter/model_test \
               exporter/rw_test
 UNIT_TESTS += exporter/api_test
+UNIT_TESTS += alerter/notify_test
+UNIT_TESTS += alerter/engine_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
            fuzz_aggbus fuzz_snapshot fuzz_query
 
@@ -238,7 +243,7 @@ $(BUILD)/bin/aggbench: bench/aggbench.c $(call obj,$(AGGREGATOR_LIB)) $(LIB) | $
 	$(CC) $(CPPFLAGS) $(ALL_CFLAGS) $< $(call obj,$(AGGREGATOR_LIB)) $(LIB) $(LDLIBS) -o $@
 
 # the writer's sustained and catch-up rates into a private PostgreSQL against
-# psql's COPY of the same rows (bench/pgwriter.py), about 4 minutes
+# psql's COPY of the same rows (bench/pgwriter.py), about 5 minutes
 bench-pgwriter: all
 	bench/pgwriter.py $(BUILD)/bin
 

@@ -59,7 +59,7 @@ cfg_database() {
 
 stages=(tokmon-collectd tokmon-aggregator)
 [ -x "$BIN/tokmon-pgwriter" ] && stages+=(tokmon-pgwriter)
-stages+=(tokmon-exporter)
+stages+=(tokmon-exporter tokmon-alerter)
 
 # the JSON API's key: made once, kept in run/ (mode 600)
 keyfile=${TOKMON_EXPORTER_API_KEY_FILE:-run/api.key}
@@ -98,6 +98,7 @@ if [ -x "$BIN/tokmon-pgwriter" ]; then
     start tokmon-pgwriter "$BIN/tokmon-pgwriter" -c "$CFG"
 fi
 start tokmon-exporter "$BIN/tokmon-exporter" -c "$CFG"
+start tokmon-alerter "$BIN/tokmon-alerter" -c "$CFG"
 
 sleep 0.3
 udp=${TOKMON_COLLECTD_UDP:-$(sed -n 's/^udp *= *\([^ ;]*\).*/\1/p' "$CFG" | head -1)}
@@ -122,6 +123,7 @@ tokmon is running ($CFG, state in ./run/). Look at:
   Prometheus metrics:          curl -s http://$http/metrics
   the JSON API:                curl -s -H "X-Api-Key: \$(cat $keyfile)" http://$http/api/v1/usage
   live calls (SSE):            curl -sN -H "X-Api-Key: \$(cat $keyfile)" http://$http/api/v1/stream
+  alerts and silences:         $BIN/tokmonctl -c $CFG alerts; $BIN/tokmon-tap -c $CFG alert | jq .
   send one call yourself:      $BIN/tokmon-emit -c $CFG --provider openai --model gpt-4o \\
                                  --user alice --input-tokens 1200 --cache-read-tokens 1000 --output-tokens 300
   or plain StatsD:             echo "llm.tokens:450|c|#provider:openai,model:gpt-4o,user:alice,type:input" \\

@@ -100,6 +100,7 @@ UNIT_TESTS := common/jtok_test common/dec_test common/cfg_test common/prices_tes
 UNIT_TESTS += exporter/api_test
 UNIT_TESTS += alerter/notify_test
 UNIT_TESTS += alerter/engine_test
+UNIT_TESTS += alerter/rules_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
            fuzz_aggbus fuzz_snapshot fuzz_query
 

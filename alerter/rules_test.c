@@ -826,6 +826,21 @@ static void test_user_rules(void **state)
     assert_int_equal(f.n, 0);
     fix_close(&f);
 
+    /* a latency window over 10 minutes: a first value at once, then merged again at
+     * most every minute */
+    fix_open(&f, NULL, NULL,
+             "[rule.slow]\naggregate = latency_p95\nby = user\nwindow = 1h\nthreshold = 2\n");
+    call(&f, T0, (call_t){ .user = "alice", .lat_ms = 3000 });
+    eval(&f, T0 + S);
+    assert_non_null(find(&f, "slow", "user=alice"));
+    for (int i = 0; i < 100; i++)
+        call(&f, T0 + 2 * S, (call_t){ .user = "alice", .lat_ms = 1000 });
+    eval(&f, T0 + 3 * S);
+    assert_non_null(find(&f, "slow", "user=alice")); /* not merged again yet */
+    eval(&f, T0 + 61 * S);
+    assert_int_equal(f.n, 0);
+    fix_close(&f);
+
     /* a threshold that is not a number cannot be built */
     char err[256];
     const char *ini = "[rule.x]\naggregate = cost\nthreshold = 1\n";

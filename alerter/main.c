@@ -44,7 +44,7 @@
 typedef struct {
     const char *cfg_path;
     cfg_t *cfg;
-    char *src, *state_path;
+    char *src, *state_path, *alerts_path;
     stats_t *stats;
     void *zctx;
     buscfg_t bus;
@@ -57,6 +57,7 @@ typedef struct {
     cal_t *cal;
     int sigfd;
     bool stop, dirty;
+    int64_t state_saved_at;
     int64_t next_eval, next_snapshot, next_stats, next_watchdog, watchdog_ns;
     int64_t digest_done; /* the day start of the last digest sent */
     int64_t *c_records, *c_bad, *c_snapshots, *c_snapshot_errors, *c_delivered, *c_failed,
@@ -188,7 +189,43 @@ static void pack_pos(const char *src, uint64_t seq, void *arg)
     msgpack_pack_uint64(pk, seq);
 }
 
-/* [kind, version, digest_done, [[src, seq]...]], then the rules, then the engine */
+/* The alerts alone (small): after every transition, silence and digest,
+ * so that nothing fires or is told twice after a restart, however large
+ * the rules' windows are. [kind, version, saved_at, digest_done], then the
+ * engine. */
+#define ALERTS_KIND "tokmon-alerter-alerts"
+
+static void save_alerts(alerter_t *d, const char *why)
+{
+    char err[512];
+    flush_alerts(d);
+    bus_pub_flush(d->pub);
+    snapw_t *w = snapw_open(d->alerts_path, err, sizeof err);
+    if (!w) {
+        (*d->c_snapshot_errors)++;
+        log_error("cannot save the alerts", "error=\"%s\"", err);
+        return;
+    }
+    msgpack_packer *pk = snapw_packer(w);
+    msgpack_pack_array(pk, 4);
+    snap_pack_str(pk, ALERTS_KIND, strlen(ALERTS_KIND));
+    msgpack_pack_int(pk, STATE_VERSION);
+    msgpack_pack_int64(pk, tmtime_now_ns());
+    msgpack_pack_int64(pk, d->digest_done);
+    snapw_record(w);
+    engine_save(d->engine, snapw_packer(w));
+    snapw_record(w);
+    if (snapw_commit(&w, err, sizeof err) < 0) {
+        (*d->c_snapshot_errors)++;
+        log_error("cannot save the alerts; the previous ones stay", "error=\"%s\"", err);
+        return;
+    }
+    d->dirty = false;
+    log_debug("alerts saved", "why=%s", why);
+}
+
+/* [kind, version, digest_done, [[src, seq]...], saved_at], then the rules,
+ * then the engine */
 static void save_state(alerter_t *d, const char *why)
 {
     char err[512];
@@ -203,12 +240,13 @@ static void save_state(alerter_t *d, const char *why)
     msgpack_packer *pk = snapw_packer(w);
     uint32_t npos = 0;
     rsub_each_position(d->rsub, count_pos, &npos);
-    msgpack_pack_array(pk, 4);
+    msgpack_pack_array(pk, 5);
     snap_pack_str(pk, STATE_KIND, strlen(STATE_KIND));
     msgpack_pack_int(pk, STATE_VERSION);
     msgpack_pack_int64(pk, d->digest_done);
     msgpack_pack_array(pk, npos);
     rsub_each_position(d->rsub, pack_pos, pk);
+    msgpack_pack_int64(pk, tmtime_now_ns());
     snapw_record(w);
     rules_save(d->rules, snapw_packer(w));
     snapw_record(w);
@@ -238,6 +276,8 @@ static int load_state(alerter_t *d, char *err, size_t cap)
     span_t kind = snap_rec_str(&h);
     int64_t version = snap_rec_i64(&h), digest_done = snap_rec_i64(&h);
     const msgpack_object *pos = snap_rec_obj(&h);
+    int64_t saved_at = snap_rec_i64(&h);
+    d->state_saved_at = saved_at;
     if (!snap_rec_ok(&h) || !span_eq_cstr(kind, STATE_KIND) || version != STATE_VERSION || !pos ||
         pos->type != MSGPACK_OBJECT_ARRAY) {
         snprintf(err, cap, "%s: not a state of this version of tokmon-alerter", d->state_path);
@@ -268,6 +308,48 @@ static int load_state(alerter_t *d, char *err, size_t cap)
         snprintf(err, cap, "%s: %s", d->state_path, o ? e2 : "the alerts are missing");
         goto out;
     }
+    rc = 1;
+out:
+    snapr_close(&r);
+    return rc;
+}
+
+/* The alerts saved after the last full state, if any: they win. */
+static int load_alerts(alerter_t *d, char *err, size_t cap)
+{
+    snapr_t *r = snapr_open(d->alerts_path, err, cap);
+    if (!r)
+        return errno == ENOENT ? 0 : -1;
+    int rc = -1;
+    const msgpack_object *o = snapr_next(r, err, cap);
+    snap_rec_t h;
+    if (!o)
+        goto out;
+    snap_rec_open(&h, o);
+    span_t kind = snap_rec_str(&h);
+    int64_t version = snap_rec_i64(&h), saved_at = snap_rec_i64(&h),
+            digest_done = snap_rec_i64(&h);
+    if (!snap_rec_ok(&h) || !span_eq_cstr(kind, ALERTS_KIND) || version != STATE_VERSION) {
+        snprintf(err, cap, "%s: not alerts of this version of tokmon-alerter", d->alerts_path);
+        goto out;
+    }
+    if (saved_at <= d->state_saved_at) { /* the full state is newer */
+        rc = 0;
+        goto out;
+    }
+    o = snapr_next(r, err, cap);
+    char e2[256];
+    engine_opts_t eo = { d->cfg, d->stats, d->notify, publish_alert, d };
+    engine_t *fresh = engine_new(&eo, e2, sizeof e2);
+    if (!o || !fresh || engine_load(fresh, o, e2, sizeof e2) < 0) {
+        snprintf(err, cap, "%s: %s", d->alerts_path, o ? e2 : "the alerts are missing");
+        engine_destroy(&fresh);
+        goto out;
+    }
+    engine_destroy(&d->engine);
+    d->engine = fresh;
+    if (digest_done > d->digest_done)
+        d->digest_done = digest_done;
     rc = 1;
 out:
     snapr_close(&r);
@@ -536,7 +618,7 @@ static void run(alerter_t *d)
             size_t changes = engine_round(d->engine, d->rules, wall);
             flush_alerts(d);
             if (changes)
-                save_state(d, "transition");
+                save_alerts(d, "transition");
             d->next_eval = now + c->eval_interval * TMTIME_NS_PER_MS;
         } else {
             engine_tick(d->engine, wall);
@@ -550,9 +632,11 @@ static void run(alerter_t *d)
             d->next_stats = now + d->cfg->global.stats_interval * TMTIME_NS_PER_MS;
         }
         bus_pub_flush(d->pub);
-        if (now >= d->next_snapshot || d->dirty) {
-            save_state(d, d->dirty ? "change" : "interval");
+        if (now >= d->next_snapshot) {
+            save_state(d, "interval");
             d->next_snapshot = tmtime_mono_ns() + c->snapshot_interval * TMTIME_NS_PER_MS;
+        } else if (d->dirty) {
+            save_alerts(d, "change");
         }
         if (d->watchdog_ns && now >= d->next_watchdog) {
             sdnotify_send("WATCHDOG=1");
@@ -611,6 +695,7 @@ static int open_all(alerter_t *d, char *err, size_t cap)
         return -1;
     }
     d->state_path = xasprintf("%s/%s.state", dir, d->src);
+    d->alerts_path = xasprintf("%s/%s.alerts", dir, d->src);
     free(dir);
     d->rules = rules_new(d->cfg, d->stats, err, cap);
     if (!d->rules)
@@ -636,6 +721,10 @@ static int open_all(alerter_t *d, char *err, size_t cap)
     int rc = load_state(d, err, cap);
     if (rc < 0)
         return -1;
+    int ra = load_alerts(d, err, cap);
+    if (ra < 0)
+        return -1;
+    rc |= ra;
     if (rc > 0)
         log_info("state loaded", "path=%s firing=%zu", d->state_path, engine_firing(d->engine));
     d->pub = buscfg_publisher(&d->bus, d->zctx, d->cfg, CFG_PEER_ALERTER, d->src, err, cap);
@@ -688,6 +777,7 @@ static void shutdown_all(alerter_t *d)
     stats_destroy(&d->stats);
     free(d->src);
     free(d->state_path);
+    free(d->alerts_path);
     cfg_destroy(&d->cfg);
     log_info("stopped", NULL);
 }

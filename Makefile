@@ -46,7 +46,7 @@ COMMON_SRC := common/xalloc.c common/log.c common/tmtime.c common/sig.c common/s
               common/sdnotify.c common/addr.c common/cfg.c common/dec.c \
               common/jtok.c common/mpr.c common/msg.c common/bus.c \
               common/stats.c common/prices.c common/auth.c common/replay.c common/rsub.c \
-              common/curve.c common/buscfg.c common/sketch.c
+              common/curve.c common/buscfg.c common/sketch.c common/daemon.c
 # the collector's code, also linked into its tests and fuzzers
 COLLECTD_LIB := collectd/statsd.c collectd/event.c collectd/ingest.c \
                 collectd/batch.c collectd/net.c

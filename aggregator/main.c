@@ -17,6 +17,7 @@
 #include "bus.h"
 #include "buscfg.h"
 #include "cfg.h"
+#include "daemon.h"
 #include "log.h"
 #include "mbuf.h"
 #include "query.h"
@@ -364,24 +365,6 @@ static char *default_src(const aggd_t *d)
     return name;
 }
 
-static int mkdirs(const char *path)
-{
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-            free(p);
-            return -1;
-        }
-        *s = '/';
-    }
-    int rc = mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
-    free(p);
-    return rc;
-}
-
 static const char *query_endpoint(const aggd_t *d, char *buf, size_t cap)
 {
     /* a list names one endpoint per shard; one tcp endpoint: its port + shard */
@@ -431,7 +414,7 @@ static int open_all(aggd_t *d, char *err, size_t cap)
     d->g_snapshot_ms = stats_gauge(d->stats, "agg_snapshot_duration_ms", NULL);
 
     char *dir = xasprintf("%s/aggregator", d->cfg->global.state_dir);
-    if (mkdirs(dir) < 0) {
+    if (daemon_mkdirs(dir) < 0) {
         snprintf(err, cap, "%s: %s", dir, strerror(errno));
         free(dir);
         return -1;

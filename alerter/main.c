@@ -6,7 +6,6 @@
  * sends the daily digest, answers tokmonctl on its control socket, and
  * saves its state after every transition, on an interval and on SIGTERM. */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -20,6 +19,7 @@
 #include "buscfg.h"
 #include "cal.h"
 #include "cfg.h"
+#include "daemon.h"
 #include "digest.h"
 #include "engine.h"
 #include "log.h"
@@ -647,24 +647,6 @@ static void run(alerter_t *d)
 
 /* ---- start and stop ------------------------------------------------------------------------- */
 
-static int mkdirs(const char *path)
-{
-    char *p = xstrdup(path);
-    for (char *s = p + 1; *s; s++) {
-        if (*s != '/')
-            continue;
-        *s = '\0';
-        if (mkdir(p, 0755) < 0 && errno != EEXIST) {
-            free(p);
-            return -1;
-        }
-        *s = '/';
-    }
-    int rc = mkdir(p, 0755) < 0 && errno != EEXIST ? -1 : 0;
-    free(p);
-    return rc;
-}
-
 static int open_all(alerter_t *d, char *err, size_t cap)
 {
     d->sigfd = sig_open();
@@ -689,7 +671,7 @@ static int open_all(alerter_t *d, char *err, size_t cap)
     if (!d->cal)
         return -1;
     char *dir = xasprintf("%s/alerter", d->cfg->global.state_dir);
-    if (mkdirs(dir) < 0) {
+    if (daemon_mkdirs(dir) < 0) {
         snprintf(err, cap, "%s: %s", dir, strerror(errno));
         free(dir);
         return -1;
@@ -784,40 +766,11 @@ static void shutdown_all(alerter_t *d)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },         { "version", no_argument, NULL, 'V' },
-        { NULL, 0, NULL, 0 },
-    };
     alerter_t d = { .sigfd = -1 };
-    bool check = false;
-    int o;
-    while ((o = getopt_long(argc, argv, "c:nhV", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c':
-            d.cfg_path = optarg;
-            break;
-        case 'n':
-            check = true;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf(DAEMON " %s\n", TOKMON_VERSION);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, DAEMON ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    if (!d.cfg_path)
-        d.cfg_path = cfg_default_path();
+    bool check;
+    int rc0 = daemon_options(argc, argv, DAEMON, usage, &d.cfg_path, &check);
+    if (rc0 >= 0)
+        return rc0;
     char err[4096];
     d.cfg = cfg_load(d.cfg_path, err, sizeof err);
     if (!d.cfg) {

@@ -5,7 +5,6 @@
  * thread: the bus, HTTP (libmicrohttpd without a thread of its own) and
  * the pushers (libcurl multi) all run from this loop. */
 #include <errno.h>
-#include <getopt.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -18,6 +17,7 @@
 #include "bus.h"
 #include "buscfg.h"
 #include "cfg.h"
+#include "daemon.h"
 #include "log.h"
 #include "loki.h"
 #include "mbuf.h"
@@ -372,40 +372,11 @@ static void shutdown_all(exporter_t *d)
 
 int main(int argc, char **argv)
 {
-    static const struct option opts[] = {
-        { "config", required_argument, NULL, 'c' }, { "check", no_argument, NULL, 'n' },
-        { "help", no_argument, NULL, 'h' },         { "version", no_argument, NULL, 'V' },
-        { NULL, 0, NULL, 0 },
-    };
     exporter_t d = { .sigfd = -1 };
-    bool check = false;
-    int o;
-    while ((o = getopt_long(argc, argv, "c:nhV", opts, NULL)) != -1) {
-        switch (o) {
-        case 'c':
-            d.cfg_path = optarg;
-            break;
-        case 'n':
-            check = true;
-            break;
-        case 'h':
-            usage(stdout);
-            return 0;
-        case 'V':
-            printf(DAEMON " %s\n", TOKMON_VERSION);
-            return 0;
-        default:
-            usage(stderr);
-            return 2;
-        }
-    }
-    if (optind < argc) {
-        fprintf(stderr, DAEMON ": unexpected argument '%s'\n", argv[optind]);
-        usage(stderr);
-        return 2;
-    }
-    if (!d.cfg_path)
-        d.cfg_path = cfg_default_path();
+    bool check;
+    int rc0 = daemon_options(argc, argv, DAEMON, usage, &d.cfg_path, &check);
+    if (rc0 >= 0)
+        return rc0;
     char err[4096];
     d.cfg = cfg_load(d.cfg_path, err, sizeof err);
     if (!d.cfg) {

@@ -12,7 +12,8 @@ import harness
 from harness import bin_path, case, check, check_eq, run
 from pricing import Prices, cost_nusd
 
-BINARIES = ("tokmon-collectd", "tokmon-emit", "tokmon-tap", "tokmonctl")
+BINARIES = ("tokmon-collectd", "tokmon-aggregator", "tokmon-pgwriter", "tokmon-exporter", "tokmon-alerter",
+            "tokmon-emit", "tokmon-tap", "tokmonctl")
 
 
 def _wait_log(c, pattern, timeout=5.0, start=0):

@@ -36,6 +36,7 @@ typedef struct {
     astate_t state;
     int64_t for_ms, active_since, fired_at, resolved_at;
     bool seen;
+    bool held;     /* firing, and left out of its last notification (silenced or inhibited) */
     unsigned refs; /* groups that still have to notify it */
 } alert_t;
 
@@ -85,6 +86,8 @@ struct engine {
     fired_t fired[FIRED_RING];
     size_t nfired;
     uint64_t seq;
+    bool lift;          /* a silence ended or an alert resolved: held alerts may be due */
+    int64_t sil_checked; /* silences ending after this were still running at the last tick */
     mbuf_t key;
     int64_t *c_trans[3], *c_notifications, *c_silenced, *c_inhibited, *g_firing, *g_pending;
 };
@@ -489,14 +492,19 @@ static void flush_group(engine_t *e, group_t *g, int64_t now)
         alert_t *a = alert_at(e, g->fps[i]);
         if (!a || a->state == A_PENDING)
             continue;
+        if (a->state == A_RESOLVED && a->held)
+            continue; /* never told firing, as Alertmanager: nor resolved */
         if (silenced(e, a, now)) {
             (*e->c_silenced)++;
+            a->held = a->state == A_FIRING;
             continue;
         }
         if (a->state == A_FIRING && inhibited(e, a)) {
             (*e->c_inhibited)++;
+            a->held = true;
             continue;
         }
+        a->held = false;
         to_msg(a, &v[n++], now);
         any_firing |= a->state == A_FIRING;
     }
@@ -542,8 +550,34 @@ static bool sweep_group(void *val, void *arg)
     return ((group_t *)val)->nfps == 0;
 }
 
+/* A silence that ended, or an alert that resolved (a critical twin), may
+ * let alerts held back from their groups' last notification out again: as
+ * Alertmanager, which notifies a group whose firing alerts differ from what
+ * it last told, their groups are due again (group_interval after the last
+ * notification). */
+static void release_held(engine_t *e, int64_t now)
+{
+    size_t it = 0;
+    group_t *g;
+    while ((g = ktab_next(e->groups, &it))) {
+        for (size_t i = 0; i < g->nfps && !g->dirty; i++) {
+            alert_t *a = alert_at(e, g->fps[i]);
+            if (a && a->held && a->state == A_FIRING && !silenced(e, a, now) && !inhibited(e, a))
+                g->dirty = true;
+        }
+    }
+}
+
 void engine_tick(engine_t *e, int64_t now)
 {
+    for (size_t i = 0; i < e->nsil; i++)
+        if (e->sil[i].until > e->sil_checked && e->sil[i].until <= now)
+            e->lift = true;
+    e->sil_checked = now;
+    if (e->lift) {
+        e->lift = false;
+        release_held(e, now);
+    }
     size_t it = 0;
     group_t *g;
     while ((g = ktab_next(e->groups, &it)))
@@ -568,6 +602,7 @@ static bool end_alert(void *val, void *arg)
         bool was_firing = a->state == A_FIRING;
         transition(x->e, a, A_RESOLVED, x->now);
         x->changes++;
+        x->e->lift |= was_firing; /* what it inhibited may be told now */
         if (!was_firing)
             return a->refs == 0; /* pending: never notified */
         if (x->e->nrecv)
@@ -720,6 +755,7 @@ int engine_silence_expire(engine_t *e, const char *id, int64_t now)
     for (size_t i = 0; i < e->nsil; i++)
         if (!strcmp(e->sil[i].id, id) && e->sil[i].until > now) {
             e->sil[i].until = now;
+            e->lift = true; /* what it held back is told at the next tick */
             log_info("silence expired", "id=%s", id);
             return 0;
         }
@@ -988,6 +1024,14 @@ int engine_load(engine_t *e, const msgpack_object *o, char *err, size_t cap)
                 g->dirty = true;
             }
         }
+    /* which alerts the last notifications left out is not saved: the firing
+     * ones silenced or inhibited now, most likely, so that they are told
+     * when that ends */
+    int64_t now = tmtime_now_ns();
+    it = 0;
+    while ((a = ktab_next(e->alerts, &it)))
+        a->held = a->state == A_FIRING && (silenced(e, a, now) || inhibited(e, a));
+    e->sil_checked = now;
     return 0;
 bad:
     snprintf(err, cap, "the alerter's state is malformed");

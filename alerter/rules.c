@@ -665,6 +665,7 @@ static void clear(rules_t *r)
     ktab_clear(r->stages);
     r->nbuckets = 0;
     r->last_call = 0;
+    r->start_ns = 0;
     r->trim_min = INT32_MIN;
     r->day_start = INT64_MIN;
     r->day_min = INT32_MAX;
@@ -1698,7 +1699,7 @@ static void pack_key(msgpack_packer *pk, const char *k) { pack_cstr(pk, k); }
 
 void rules_save(const rules_t *r, msgpack_packer *pk)
 {
-    msgpack_pack_map(pk, 7);
+    msgpack_pack_map(pk, 8);
     pack_key(pk, "v");
     msgpack_pack_int64(pk, STATE_VERSION);
     pack_key(pk, "last_call");
@@ -1822,6 +1823,11 @@ void rules_save(const rules_t *r, msgpack_packer *pk)
             msgpack_pack_false(pk);
     }
     free(v);
+    /* when the watch began: LLMNoEvents and TokmonStageSilent count from it
+     * when nothing was heard, and a restart does not begin it again (an
+     * alert firing before would resolve, then fire again) */
+    pack_key(pk, "start");
+    msgpack_pack_int64(pk, r->start_ns);
 }
 
 /* -- loading: every getter checks the type (and range) first -- */
@@ -2075,6 +2081,9 @@ static int load(rules_t *r, const msgpack_object *o)
     int64_t ver;
     if (!v || !get_i64(v, &ver) || ver != STATE_VERSION || !lc || !get_i64(lc, &r->last_call) ||
         !dims || dims->type != MSGPACK_OBJECT_MAP || dims->via.map.size != D_N)
+        return -1;
+    const msgpack_object *st = map_get(o, "start"); /* absent in the first states */
+    if (st && !get_nn(st, &r->start_ns))
         return -1;
     for (int d = 0; d < D_N; d++) {
         const msgpack_object *a = map_get(dims, dim_name[d]), *e;

@@ -40,6 +40,7 @@ import cases_pgwriter  # noqa: E402,F401
 import cases_exporter_api  # noqa: E402,F401
 import cases_exporter  # noqa: E402,F401
 import cases_ctl_alerts  # noqa: E402,F401
+import cases_alerter  # noqa: E402,F401
 
 
 class CaseTimeout(Exception):

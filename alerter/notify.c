@@ -1401,6 +1401,8 @@ static int recv_setup(notify_t *n, recv_t *r, const cfg_notify_t *c, char *err, 
 
     SETOPT(CURLOPT_URL, r->url);
     SETOPT(CURLOPT_PROTOCOLS_STR, protocols);
+    if (c->ca_file[0]) /* a private CA: verification stays on */
+        SETOPT(CURLOPT_CAINFO, c->ca_file);
     SETOPT(CURLOPT_TIMEOUT_MS, (long)r->timeout_ms);
     SETOPT(CURLOPT_NOSIGNAL, 1L);
     SETOPT(CURLOPT_ERRORBUFFER, r->curl_err);

@@ -274,6 +274,7 @@ static const key_t_ notify_keys[] = {
     { "user", T_STR, K(cfg_notify_t, user), "", 0, 0, NULL, false },
     { "password_file", T_STR, K(cfg_notify_t, password_file), "", 0, 0, NULL, false },
     { "starttls", T_BOOL, K(cfg_notify_t, starttls), "on", 0, 0, NULL, false },
+    { "ca_file", T_STR, K(cfg_notify_t, ca_file), "", 0, 0, NULL, false },
     { "severity", T_STR, K(cfg_notify_t, severity), "info", 0, 0, NULL, false },
     { "send_resolved", T_BOOL, K(cfg_notify_t, send_resolved), "on", 0, 0, NULL, false },
     { "timeout", T_DURATION, K(cfg_notify_t, timeout), "10s", 100, 600000, NULL, false },

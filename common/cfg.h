@@ -231,6 +231,7 @@ typedef struct {
     cfg_list_t to;      /* email */
     char *user, *password_file; /* email (SMTP AUTH); webhook basic auth */
     bool starttls;      /* email over smtp://: require STARTTLS */
+    char *ca_file;      /* PEM certificates to verify the server with ("": the system's) */
     char *severity;     /* the least severity sent: info, warning, critical */
     bool send_resolved;
     int64_t timeout;    /* ms, one delivery */

@@ -817,3 +817,62 @@ def alerter_digest(env):
     again = [r for r in rx.records()[n0:] if isinstance(r.get("json"), dict) and "subject" in r["json"]]
     check_eq(len(again), 1, "digests after a restart the same day")
     check_eq(al.stats().get("alerter_digests_total"), 0, "digests counted by the restarted alerter")
+
+
+@case(timeout=90)
+def alerter_email_tls(env):
+    """E-mail over TLS with a private CA ([notify.NAME] ca_file): STARTTLS
+    on smtp:// with AUTH (the mail and the login only after the upgrade),
+    and implicit TLS on smtps://; a server that offers no STARTTLS gets
+    nothing when starttls is on."""
+    c = env.collector()
+    cert, key = nr.self_signed_cert(env)
+    starttls = nr.SmtpReceiver(env, name="smtp-starttls", auth="PLAIN LOGIN", user="tokmon",
+                               password="s3cret", tls_cert=cert, tls_key=key)
+    implicit = nr.SmtpReceiver(env, name="smtp-implicit", tls_cert=cert, tls_key=key, implicit_tls=True)
+    plain = nr.SmtpReceiver(env, name="smtp-plain")
+    pw = env.write("smtp.pass", "s3cret\n")
+    sections = """\
+[notify.tls]
+type = email
+url = {a}
+ca_file = {cert}
+user = tokmon
+password_file = {pw}
+from = tokmon@example.org
+to = ops@example.org
+
+[notify.smtps]
+type = email
+url = {b}
+ca_file = {cert}
+from = tokmon@example.org
+to = ops@example.org
+
+[notify.refused]
+type = email
+url = {p}
+retries = 0
+from = tokmon@example.org
+to = ops@example.org
+""".format(a=starttls.url, b=implicit.url, p=plain.url, cert=cert, pw=pw)
+    al = Alerter(env, c, alerter={"high_cost_call_usd": "1.00", "high_cost_call_hold": "30s",
+                                  "stage_silent": "0"}, sections=sections)
+    bus = Alerts(c)
+    time.sleep(0.5)
+    emit(c, provider="openai", model="gpt-4o", user="tls", input_tokens=10, output_tokens=5, cost_usd="2.00",
+         request_id="req-tls")
+    bus.wait("LLMExpensiveCall", "firing", timeout=20)
+    check(implicit.url.startswith("smtps://"), "implicit TLS receiver url %r", implicit.url)
+    for rx, what in ((starttls, "STARTTLS"), (implicit, "implicit TLS")):
+        m = rx.wait(1, 20)[0]
+        check(m["tls"], "%s: the mail went in the clear", what)
+        check(m["subject"].startswith("[FIRING:1] LLMExpensiveCall"), "%s: subject %r", what, m["subject"])
+    a = starttls.wait(1, 1)[0]["auth"]
+    check(a and a["ok"] and a["user"] == "tokmon", "STARTTLS: AUTH %r", a)
+    # the server without STARTTLS: refused, nothing sent in the clear
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "refused" not in al.proc.stderr() and "STARTTLS" not in al.proc.stderr():
+        time.sleep(0.2)
+    time.sleep(0.5)
+    check(not plain.mails(), "a mail went to a server without STARTTLS: %r", plain.mails()[:1])

@@ -36,7 +36,7 @@ endif
 
 PKG_CFLAGS = $(shell pkg-config --cflags $(PKGS))
 PKG_LIBS   = $(shell pkg-config --libs $(PKGS))
-CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Iwriter -Iexporter -I$(BUILD)/gen/exporter -Itools
+CPPFLAGS  += -D_GNU_SOURCE -DTOKMON_VERSION='"$(VERSION)"' -Icommon -Icollectd -Iaggregator -Iwriter -Iexporter -I$(BUILD)/gen/exporter -Ialerter -Itools
 ALL_CFLAGS = -std=c11 $(WARN) $(CFLAGS) $(SANFLAGS) -MMD -MP $(PKG_CFLAGS)
 LDLIBS     = $(PKG_LIBS) -lm -lpthread
 
@@ -102,7 +102,7 @@ UNIT_TESTS += alerter/notify_test
 UNIT_TESTS += alerter/engine_test
 UNIT_TESTS += alerter/rules_test
 FUZZERS := fuzz_statsd fuzz_jtok fuzz_dec fuzz_msgpack fuzz_cfg fuzz_ingest fuzz_sketch \
-           fuzz_aggbus fuzz_snapshot fuzz_query
+           fuzz_aggbus fuzz_snapshot fuzz_query fuzz_consumers
 
 # ---- rules -----------------------------------------------------------------
 

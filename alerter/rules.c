@@ -265,8 +265,17 @@ static void key_add(rules_t *r, span_t s, bool sep)
 {
     if (sep)
         mbuf_append(&r->key, "\xff", 1);
-    if (s.len)
-        mbuf_append(&r->key, s.p, s.len);
+    /* the separator cannot be part of a value (it is not UTF-8: only a
+     * hostile publisher sends it): it becomes '?' */
+    size_t run = 0;
+    for (size_t i = 0; i < s.len; i++)
+        if ((unsigned char)s.p[i] == 0xff) {
+            mbuf_append(&r->key, s.p + run, i - run);
+            mbuf_append(&r->key, "?", 1);
+            run = i + 1;
+        }
+    if (s.len > run)
+        mbuf_append(&r->key, s.p + run, s.len - run);
 }
 
 /* The n-th part (0-based) of a key joined by SEP. */

@@ -12,6 +12,16 @@
 #include "utf8.h"
 #include "xalloc.h"
 
+/* a + b, saturating at the int64 bounds: a hostile record may carry any
+ * int64, and a sum must not wrap (or, signed, be undefined) */
+static inline int64_t sat_add(int64_t a, int64_t b)
+{
+    int64_t r;
+    if (__builtin_add_overflow(a, b, &r))
+        return b > 0 ? INT64_MAX : INT64_MIN;
+    return r;
+}
+
 #define MAX_LABELS 24 /* label names of one family, le included */
 #define OTHER "__other__"
 #define KEY_SEP '\xff' /* never in UTF-8: joins label values into a key */
@@ -379,7 +389,7 @@ static void hist_add(hist_t *h, int64_t us)
         i++;
     h->b[i]++;
     h->count++;
-    h->sum_us += us;
+    h->sum_us = sat_add(h->sum_us, us);
 }
 
 static void day_add(model_t *m, ktab_t *t, span_t id, int64_t day, int64_t cost, uint64_t tokens)
@@ -395,7 +405,7 @@ static void day_add(model_t *m, ktab_t *t, span_t id, int64_t day, int64_t cost,
         d->cost = 0;
         d->tokens = 0;
     }
-    d->cost += cost;
+    d->cost = sat_add(d->cost, cost);
     d->tokens += tokens;
 }
 
@@ -405,7 +415,10 @@ void model_usage(model_t *m, const msg_usage_t *u, int64_t now_ns)
 {
     (void)now_ns;
     span_t v[4] = { u->provider, u->model, u->operation, u->status };
-    series_at(m, m->req, v)->v.i += (int64_t)u->requests;
+    {
+        series_t *rq = series_at(m, m->req, v);
+        rq->v.i = sat_add(rq->v.i, (int64_t)u->requests);
+    }
     uint64_t cw = u->cache_write_tokens + u->cache_write_1h_tokens;
     uint64_t input = sub0(u->input_tokens, u->cache_read_tokens + cw);
     uint64_t output = sub0(u->output_tokens, u->reasoning_tokens);
@@ -422,10 +435,11 @@ void model_usage(model_t *m, const msg_usage_t *u, int64_t now_ns)
         if (!types[i].n)
             continue;
         v[3] = span_cstr(types[i].type);
-        series_at(m, m->tok, v)->v.i += (int64_t)types[i].n;
+        series_t *tk = series_at(m, m->tok, v);
+        tk->v.i = sat_add(tk->v.i, (int64_t)types[i].n);
     }
     series_t *c = series_at(m, m->cost, v);
-    c->v.i += u->cost_nusd;
+    c->v.i = sat_add(c->v.i, u->cost_nusd);
     if (u->latency_us >= 0)
         hist_add(series_at(m, m->dur, v)->h, u->latency_us);
     if (u->ttft_us >= 0)
@@ -441,7 +455,7 @@ void model_usage(model_t *m, const msg_usage_t *u, int64_t now_ns)
     t->output_tokens += u->output_tokens;
     t->reasoning_tokens += u->reasoning_tokens;
     t->total_tokens += u->input_tokens + u->output_tokens;
-    t->cost_nusd += u->cost_nusd;
+    t->cost_nusd = sat_add(t->cost_nusd, u->cost_nusd);
     int64_t ts = u->recv_ts;
     if (!t->first_ns || ts < t->first_ns)
         t->first_ns = ts;
@@ -789,7 +803,7 @@ static void refresh_top(model_t *m, ktab_t *t, family_t *fc, family_t *ft, famil
             series_at(m, fc, &v[i].id)->v.i = v[i].cost;
             series_at(m, ft, &v[i].id)->v.i = (int64_t)v[i].tokens;
         } else {
-            ocost += v[i].cost;
+            ocost = sat_add(ocost, v[i].cost);
             otok += v[i].tokens;
         }
     }
@@ -840,13 +854,16 @@ void model_refresh(model_t *m, int64_t now_ns)
             continue;
         span_t v[5] = { span_cstr(b->name), span_cstr(b->scope), span_cstr(b->value),
                         span_cstr(b->period), span_cstr("avg") };
-        series_at(m, m->b_spent, v)->v.i += b->spent;
+        series_t *sp = series_at(m, m->b_spent, v);
+        sp->v.i = sat_add(sp->v.i, b->spent);
         series_t *l = series_at(m, m->b_limit, v);
         if (b->limit > l->v.i)
             l->v.i = b->limit;
-        series_at(m, m->b_fc, v)->v.i += b->f_avg;
+        series_t *fa = series_at(m, m->b_fc, v);
+        fa->v.i = sat_add(fa->v.i, b->f_avg);
         v[4] = span_cstr("rate");
-        series_at(m, m->b_fc, v)->v.i += b->f_rate;
+        series_t *fr = series_at(m, m->b_fc, v);
+        fr->v.i = sat_add(fr->v.i, b->f_rate);
         /* with shards, the earliest part to run out stands for the whole */
         if (b->exhaust > 0 && (!p->exhaust || b->exhaust < p->exhaust))
             p->exhaust = b->exhaust;

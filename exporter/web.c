@@ -143,7 +143,7 @@ static enum MHD_Result handle(void *cls, struct MHD_Connection *c, const char *u
     return plain(c, MHD_HTTP_NOT_FOUND, "not found\n");
 }
 
-static void mhd_log(void *cls, const char *fm, va_list ap)
+__attribute__((format(printf, 2, 0))) static void mhd_log(void *cls, const char *fm, va_list ap)
 {
     (void)cls;
     char buf[512];

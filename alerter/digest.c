@@ -37,6 +37,22 @@ typedef struct {
     int n;
 } fired_ctx_t;
 
+typedef fired_ctx_t budget_ctx_t;
+
+static void budget_line(void *arg, span_t name, const char *scope, span_t value, const char *period,
+                        int64_t spent, int64_t limit)
+{
+    budget_ctx_t *c = arg;
+    char line[512], s[48], l[48];
+    usd(s, sizeof s, spent);
+    usd(l, sizeof l, limit);
+    snprintf(line, sizeof line, "  %.*s (%s%s%.*s, this %s): %s of %s, %d%%\n", (int)name.len,
+             name.p ? name.p : "", scope, value.len ? " " : "", (int)value.len, value.p ? value.p : "",
+             period, s, l, limit > 0 ? (int)((__int128)spent * 100 / limit) : 0);
+    put(c->b, line);
+    c->n++;
+}
+
 static void fired_line(void *arg, const char *alertname, const char *summary, int64_t at)
 {
     fired_ctx_t *f = arg;
@@ -71,6 +87,12 @@ void digest_build(const rules_t *r, const engine_t *e, int64_t from, int64_t to,
             put(b, "  (none)\n");
         put(b, "\n");
     }
+    put(b, "Budgets at the end of the day:\n");
+    budget_ctx_t bc = { b, 0 };
+    rules_budgets(r, to - 1, budget_line, &bc); /* as the day ended */
+    if (!bc.n)
+        put(b, "  (none)\n");
+    put(b, "\n");
     put(b, "Alerts that fired:\n");
     fired_ctx_t fc = { b, 0 };
     engine_fired_between(e, from, to, fired_line, &fc);

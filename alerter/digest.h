@@ -1,7 +1,7 @@
 /* digest: the daily summary tokmon-alerter sends at [alerter] digest_hour
  * (in [global] timezone): the previous day's cost, tokens, requests and
- * errors, its top users and models by cost, the alerts that fired, and
- * what fires now. Plain text, for every kind of receiver. */
+ * errors, its top users and models by cost, the budgets as they stand, the
+ * alerts that fired, and what fires now. Plain text, for every kind of receiver. */
 #ifndef TOKMON_DIGEST_H
 #define TOKMON_DIGEST_H
 

@@ -17,6 +17,7 @@
 #include <msgpack.h>
 
 #include "cfg.h"
+#include "digest.h"
 #include "engine.h"
 #include "log.h"
 #include "notify.h"
@@ -309,6 +310,37 @@ static void test_malformed_state_refused(void **state)
     fix_close(&f);
 }
 
+/* The digest of a day: its totals, the budgets as they stand (shards'
+ * parts of the current period summed), what fired. */
+static void test_digest(void **state)
+{
+    (void)state;
+    fix_t f;
+    fix_open(&f);
+    int64_t day = T0 - 10 * 3600 * S;
+    for (int i = 0; i < 3; i++)
+        call(&f, T0 + i * S);
+    budget(&f, 11 * S, day);
+    engine_round(f.e, f.r, T0 + 10 * S);
+    char subject[256];
+    mbuf_t text = { 0 };
+    digest_build(f.r, f.e, day, day + DAY, "2026-11-22", subject, sizeof subject, &text);
+    mbuf_append(&text, "", 1);
+    assert_string_equal(subject, "tokmon daily digest 2026-11-22: $0.00, 45 tokens");
+    static const char *const want[] = {
+        "LLM usage on 2026-11-22\n",
+        "  requests  3\n",
+        "Budgets at the end of the day:\n  daily (global, this day): $11.00 of $10.00, 110%\n",
+        "Alerts that fired:\n",
+        "  - LLMBudgetExceeded: ",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(text.data, want[i]))
+            fail_msg("the digest lacks '%s':\n%s", want[i], text.data);
+    mbuf_free(&text);
+    fix_close(&f);
+}
+
 int main(int argc, char **argv)
 {
     log_setup("engine_test", "test", LOG_FMT_KV, LOG_LVL_ERROR);
@@ -319,6 +351,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_inhibition_and_silence),
         cmocka_unit_test(test_silence_matchers),
         cmocka_unit_test(test_malformed_state_refused),
+        cmocka_unit_test(test_digest),
     };
     if (argc > 1 && argv[1][0])
         cmocka_set_test_filter(argv[1]);

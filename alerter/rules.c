@@ -1073,6 +1073,36 @@ static void c_end(em_t *e)
 static int span_len(span_t s) { return (int)s.len; }
 static const char *span_ptr(span_t s) { return s.p ? s.p : ""; }
 
+void rules_budgets(const rules_t *r, int64_t now,
+                   void (*fn)(void *arg, span_t name, const char *scope, span_t value,
+                              const char *period, int64_t spent_nusd, int64_t limit_nusd),
+                   void *arg)
+{
+    size_t it = 0;
+    const binst_t *bi;
+    while ((bi = ktab_next(r->budgets, &it))) {
+        int64_t ps = INT64_MIN, pe = 0, spent = 0, limit = 0;
+        for (uint32_t i = 0; i < bi->n; i++)
+            if (bi->p[i].period_start > ps)
+                ps = bi->p[i].period_start;
+        for (uint32_t i = 0; i < bi->n; i++) {
+            const bpart_t *p = &bi->p[i];
+            if (p->period_start != ps)
+                continue;
+            spent = iadd(spent, p->spent);
+            if (p->limit > limit)
+                limit = p->limit;
+            if (p->period_end > pe)
+                pe = p->period_end;
+        }
+        if (limit <= 0 || (pe > 0 && now >= pe))
+            continue;
+        span_t k = ktab_key(bi);
+        fn(arg, key_part(k, 0), bi->scope, bi->has_value ? key_part(k, 1) : span_cstr(""),
+           bi->period, spent, limit);
+    }
+}
+
 static void eval_budgets(rules_t *r, em_t *e, int64_t now)
 {
     size_t it = 0;

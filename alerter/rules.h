@@ -138,6 +138,14 @@ void rules_top(const rules_t *r, int64_t from_ns, int64_t to_ns, size_t n,
                           uint64_t tokens),
                void *arg);
 
+/* Every budget instance in its period at now_ns (shards' parts summed), for
+ * the daily digest: name, scope, scope value ("" for global), period,
+ * spent and limit in nano-dollars. */
+void rules_budgets(const rules_t *r, int64_t now_ns,
+                   void (*fn)(void *arg, span_t name, const char *scope, span_t value,
+                              const char *period, int64_t spent_nusd, int64_t limit_nusd),
+                   void *arg);
+
 /* Durable state (the windows, holds, last-seen times): one msgpack value,
  * the same bytes for the same state; rules_load replaces what r holds and
  * returns 0, or -1 on a malformed value (r left empty, counted). Latency

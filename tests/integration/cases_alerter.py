@@ -806,7 +806,8 @@ def alerter_digest(env):
     check_eq(d["subject"], "tokmon daily digest %s: $0.00, 0 tokens" % yday, "the digest's subject")
     text = d["text"]
     for want in ("LLM usage on %s\n" % yday, "  cost      $0.00\n", "  tokens    0\n", "  requests  0\n",
-                 "  errors    0\n", "Top users by cost:\n  (none)\n", "Alerts that fired:\n  (none)\n",
+                 "  errors    0\n", "Top users by cost:\n  (none)\n", "Budgets at the end of the day:\n  (none)\n",
+                 "Alerts that fired:\n  (none)\n",
                  "Firing now: 1\n"):
         check(want in text, "the digest lacks %r:\n%s", want, text)
     check("digest sent" in al.log(), "no 'digest sent' log line")

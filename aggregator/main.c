@@ -197,42 +197,16 @@ static void publish_stats(aggd_t *d)
     buscfg_send_stats(d->pub, d->rsub, d->stats, &d->statsbuf);
 }
 
-/* Answers every waiting request: [identity frames..., empty, request]. */
+static void answer_query(void *arg, const void *req, size_t len, mbuf_t *out)
+{
+    aggd_t *d = arg;
+    query_answer(d->agg, req, len, tmtime_now_ns(), out);
+}
+
+/* Answers every waiting query. */
 static void serve_queries(aggd_t *d)
 {
-    for (int k = 0; k < 64; k++) {
-        zmq_msg_t parts[8];
-        int n = 0;
-        bool more = true, bad = false;
-        while (more) {
-            zmq_msg_t *p = &parts[n < 8 ? n : 7];
-            if (n >= 8)
-                zmq_msg_close(p);
-            zmq_msg_init(p);
-            if (zmq_msg_recv(p, d->query, n ? 0 : ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(p);
-                if (!n)
-                    return;
-                bad = true;
-                break;
-            }
-            more = zmq_msg_more(p);
-            if (n < 8)
-                n++;
-            else
-                bad = true;
-        }
-        if (!bad && n >= 2) {
-            (*d->c_queries)++;
-            zmq_msg_t *req = &parts[n - 1];
-            query_answer(d->agg, zmq_msg_data(req), zmq_msg_size(req), tmtime_now_ns(), &d->answer);
-            for (int i = 0; i < n - 1; i++)
-                zmq_send(d->query, zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), ZMQ_SNDMORE);
-            zmq_send(d->query, d->answer.data, d->answer.len, 0);
-        }
-        for (int i = 0; i < n; i++)
-            zmq_msg_close(&parts[i]);
-    }
+    *d->c_queries += daemon_serve_router(d->query, answer_query, d, &d->answer);
 }
 
 /* ---- loop ------------------------------------------------------------------- */

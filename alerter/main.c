@@ -470,41 +470,16 @@ static void answer(alerter_t *d, const void *req, size_t len)
     msgpack_unpacked_destroy(&up);
 }
 
+static void answer_control(void *arg, const void *req, size_t len, mbuf_t *out)
+{
+    (void)out; /* answer() writes d->answer, which out is */
+    answer(arg, req, len);
+}
+
+/* Answers every waiting tokmonctl request. */
 static void serve_control(alerter_t *d)
 {
-    for (int k = 0; k < 64; k++) {
-        zmq_msg_t parts[8];
-        int n = 0;
-        bool more = true, bad = false;
-        while (more) {
-            zmq_msg_t *p = &parts[n < 8 ? n : 7];
-            if (n >= 8)
-                zmq_msg_close(p);
-            zmq_msg_init(p);
-            if (zmq_msg_recv(p, d->control, n ? 0 : ZMQ_DONTWAIT) < 0) {
-                zmq_msg_close(p);
-                if (!n)
-                    return;
-                bad = true;
-                break;
-            }
-            more = zmq_msg_more(p);
-            if (n < 8)
-                n++;
-            else
-                bad = true;
-        }
-        if (!bad && n >= 2) {
-            (*d->c_control)++;
-            zmq_msg_t *req = &parts[n - 1];
-            answer(d, zmq_msg_data(req), zmq_msg_size(req));
-            for (int i = 0; i < n - 1; i++)
-                zmq_send(d->control, zmq_msg_data(&parts[i]), zmq_msg_size(&parts[i]), ZMQ_SNDMORE);
-            zmq_send(d->control, d->answer.data, d->answer.len, 0);
-        }
-        for (int i = 0; i < n; i++)
-            zmq_msg_close(&parts[i]);
-    }
+    *d->c_control += daemon_serve_router(d->control, answer_control, d, &d->answer);
 }
 
 /* ---- the digest and deliveries ------------------------------------------------------------- */

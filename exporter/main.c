@@ -5,6 +5,7 @@
  * thread: the bus, HTTP (libmicrohttpd without a thread of its own) and
  * the pushers (libcurl multi) all run from this loop. */
 #include <errno.h>
+#include <jansson.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -83,53 +84,32 @@ static void complain(exporter_t *d, const bus_msg_t *m, uint32_t i, const char *
                  "src=%s seq=%llu record=%u reason=\"%s\"", src, (unsigned long long)m->seq, i, why);
 }
 
-static void json_str(mbuf_t *b, span_t s)
+static json_t *json_map(const msg_tag_t *t, size_t n)
 {
-    static const char hex[] = "0123456789abcdef";
-    mbuf_append(b, "\"", 1);
-    for (size_t i = 0; i < s.len; i++) {
-        unsigned char c = (unsigned char)s.p[i];
-        if (c == '"' || c == '\\') {
-            char e[2] = { '\\', (char)c };
-            mbuf_append(b, e, 2);
-        } else if (c < 0x20) {
-            char e[6] = { '\\', 'u', '0', '0', hex[c >> 4], hex[c & 15] };
-            mbuf_append(b, e, 6);
-        } else {
-            mbuf_append(b, &s.p[i], 1);
-        }
-    }
-    mbuf_append(b, "\"", 1);
-}
-
-static void json_map(mbuf_t *b, const msg_tag_t *t, size_t n)
-{
-    mbuf_append(b, "{", 1);
+    json_t *o = json_object();
     for (size_t i = 0; i < n; i++) {
-        if (i)
-            mbuf_append(b, ",", 1);
-        json_str(b, t[i].key);
-        mbuf_append(b, ":", 1);
-        json_str(b, t[i].value);
+        char *k = strndup(t[i].key.p ? t[i].key.p : "", t[i].key.len);
+        json_object_set_new(o, k, json_stringn(t[i].value.p ? t[i].value.p : "", t[i].value.len));
+        free(k);
     }
-    mbuf_append(b, "}", 1);
+    return o;
 }
 
 /* An alert transition to Loki: its labels and annotations as one object. */
 static void loki_alert_msg(exporter_t *d, const msg_alert_t *a)
 {
-    mbuf_t j = { 0 };
-    mbuf_append(&j, "{\"labels\":", 11);
-    json_map(&j, a->labels, a->nlabels);
-    mbuf_append(&j, ",\"annotations\":", 15);
-    json_map(&j, a->annotations, a->nannotations);
-    mbuf_append(&j, "}", 1);
+    json_t *o = json_object();
+    json_object_set_new(o, "labels", json_map(a->labels, a->nlabels));
+    json_object_set_new(o, "annotations", json_map(a->annotations, a->nannotations));
+    char *j = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
     char name[128], state[16], sev[32];
     snprintf(name, sizeof name, "%.*s", (int)a->alertname.len, a->alertname.p);
     snprintf(state, sizeof state, "%.*s", (int)a->state.len, a->state.p);
     snprintf(sev, sizeof sev, "%.*s", (int)a->severity.len, a->severity.p ? a->severity.p : "");
-    loki_alert(d->loki, name, state, sev, j.data, j.len, a->ts);
-    mbuf_free(&j);
+    if (j)
+        loki_alert(d->loki, name, state, sev, j, strlen(j), a->ts);
+    free(j);
 }
 
 static int apply_msg(void *arg, const bus_msg_t *m)

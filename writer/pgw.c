@@ -162,6 +162,8 @@ struct pgw {
     pgcopy_t dead; /* dead_letter rows */
     mbuf_t raw;    /* records as they came */
     char **srcs;   /* srcs of this batch */
+    uint32_t msg_src;  /* the message being applied: its src's index ... */
+    char msg_topic[24]; /* ... and its topic, printable */
     size_t nsrcs;
     int64_t ord;   /* rows of this batch, for last-wins */
     int64_t since; /* monotonic ns of the batch's first row */
@@ -288,10 +290,12 @@ typedef struct {
     uint32_t raw_off, raw_len;
 } origin_t;
 
+/* A record of the message pgw_apply is at (its src and topic looked up
+ * once a message, in w->msg_src and w->msg_topic). */
 static origin_t origin_of(pgw_t *w, const bus_msg_t *m, const msgpack_object *rec)
 {
-    origin_t o = { src_index(w, m->src), m->seq, "", (uint32_t)w->raw.len, 0 };
-    printable(o.topic, sizeof o.topic, m->topic.p, m->topic.len);
+    origin_t o = { w->msg_src, m->seq, "", (uint32_t)w->raw.len, 0 };
+    memcpy(o.topic, w->msg_topic, sizeof o.topic);
     msgpack_packer pk;
     mbuf_packer(&w->raw, &pk);
     msgpack_pack_object(&pk, *rec);
@@ -655,6 +659,8 @@ void pgw_apply(pgw_t *w, const bus_msg_t *m, int64_t now_ns)
     } else if (m->ts < w->oldest_pub) {
         w->oldest_pub = m->ts;
     }
+    w->msg_src = src_index(w, m->src);
+    printable(w->msg_topic, sizeof w->msg_topic, m->topic.p, m->topic.len);
     void (*add)(pgw_t *, const bus_msg_t *, const msgpack_object *) = NULL;
     bool usage = false;
     if (span_eq_cstr(m->kind, MSG_KIND_USAGE) && span_starts_with(m->topic, "ev."))

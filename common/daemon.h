@@ -1,7 +1,7 @@
 /* daemon: what every tokmon daemon does the same way around its own work:
  * the command line (-c FILE, -n, -h, -V, and no other argument), the
- * directories of its state, a ROUTER socket answered. Nothing here logs: the daemon's own layer
- * reports what goes wrong. */
+ * directories of its state, a ROUTER socket answered. Nothing here logs:
+ * the daemon's own layer reports what goes wrong. */
 #ifndef TOKMON_DAEMON_H
 #define TOKMON_DAEMON_H
 
